@@ -1,0 +1,3 @@
+from terminhub.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""HTTP endpoints outside the FHIR base: authentication and discovery."""

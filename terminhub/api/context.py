@@ -1,0 +1,76 @@
+"""What a FHIR request carries through the layers: caller, policy, format, clock, one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, select
+
+from terminhub.access.policy import Caller, Policy
+from terminhub.clock import Clock
+from terminhub.config import Settings
+from terminhub.fhir.outcome import FhirError
+from terminhub.store import schema
+from terminhub.store.repository import Actor, Repository, Stored
+from terminhub.store.search import SearchEngine
+
+
+@dataclass
+class Reply:
+    """A FHIR response before rendering: a resource (dict, or stored bytes) or nothing."""
+
+    status: int = 200
+    body: dict | bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """One request's view of the world, passed to every handler."""
+
+    settings: Settings
+    conn: Connection
+    clock: Clock
+    tz: ZoneInfo
+    caller: Caller
+    fmt: str = "json"
+    prefer_return: str = "representation"
+    strict: bool = False
+    audit_entity: str | None = None
+    interaction: str = "read"
+
+    def __post_init__(self) -> None:
+        self.policy = Policy(self.caller)
+        self.repo = Repository(self.conn, self.clock, self.tz,
+                               Actor(self.caller.client_id, self.caller.role, self.caller.name))
+
+    @property
+    def base(self) -> str:
+        return self.settings.fhir_base
+
+    def engine(self) -> SearchEngine:
+        return SearchEngine(self.conn, self.tz, self.policy.scope, self.settings.base_url)
+
+    def visible(self, resource_type: str, resource_id: str) -> bool:
+        """Whether the caller may see this resource (its type being readable)."""
+        scope = self.policy.scope(resource_type)
+        if scope is None:
+            return True
+        R = schema.resources
+        query = select(R.c.id).where(R.c.type == resource_type, R.c.id == resource_id, R.c.id.in_(scope))
+        return self.conn.execute(query).first() is not None
+
+    def load_visible(self, resource_type: str, resource_id: str) -> Stored:
+        """The current version, or 404 (unknown or invisible) / 410 (deleted)."""
+        self.audit_entity = f"{resource_type}/{resource_id}"
+        stored = self.repo.get(resource_type, resource_id)
+        if stored is None:
+            raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
+        if stored.deleted:
+            if self.policy.scope(resource_type) is None:
+                raise FhirError("gone", f"{resource_type}/{resource_id} was deleted.")
+            raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
+        if not self.visible(resource_type, resource_id):
+            raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
+        return stored

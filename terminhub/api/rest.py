@@ -1,0 +1,229 @@
+"""The RESTful interactions of FHIR R4: read, vread, create, update, delete, search, history."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from sqlalchemy import func, select
+
+from terminhub.api import bundles
+from terminhub.api.context import Context, Reply
+from terminhub.api.references import check_appointment_slot, check_references
+from terminhub.clock import instant
+from terminhub.fhir.outcome import FhirError, information, operation_outcome
+from terminhub.fhir.search_request import parse_search
+from terminhub.fhir.validation import valid_id, validate
+from terminhub.store import schema
+from terminhub.store.repository import Stored
+
+MAX_HISTORY = 1000
+
+
+def stored_reply(ctx: Context, stored: Stored, status: int = 200, *, location: bool = False) -> Reply:
+    headers = {"ETag": stored.etag, "Last-Modified": _http_date(stored.last_updated)}
+    if location:
+        headers["Location"] = f"{ctx.base}/{stored.type}/{stored.id}/_history/{stored.version_id}"
+    if ctx.prefer_return == "minimal":
+        return Reply(status, None, headers)
+    if ctx.prefer_return == "OperationOutcome":
+        return Reply(status, information(f"{stored.type}/{stored.id} version {stored.version_id} stored."), headers)
+    return Reply(status, stored.content, headers)
+
+
+def _http_date(us: int) -> str:
+    from email.utils import formatdate
+
+    return formatdate(us / 1_000_000, usegmt=True)
+
+
+# -- read --------------------------------------------------------------------------------------------
+def read(ctx: Context, resource_type: str, resource_id: str) -> Reply:
+    ctx.policy.check_read(resource_type)
+    stored = ctx.load_visible(resource_type, resource_id)
+    return Reply(200, stored.content, {"ETag": stored.etag, "Last-Modified": _http_date(stored.last_updated)})
+
+
+def vread(ctx: Context, resource_type: str, resource_id: str, version: str) -> Reply:
+    ctx.policy.check_read(resource_type)
+    ctx.load_visible(resource_type, resource_id) if ctx.policy.scope(resource_type) is not None else None
+    if not version.isdigit():
+        raise FhirError("not-found", f"{resource_type}/{resource_id} has no version {version}.")
+    stored = ctx.repo.vread(resource_type, resource_id, int(version))
+    if stored is None:
+        raise FhirError("not-found", f"{resource_type}/{resource_id} has no version {version}.")
+    if stored.deleted:
+        raise FhirError("gone", f"Version {version} of {resource_type}/{resource_id} is a deletion.")
+    return Reply(200, stored.content, {"ETag": stored.etag, "Last-Modified": _http_date(stored.last_updated)})
+
+
+# -- write -------------------------------------------------------------------------------------------
+def prepare(ctx: Context, resource_type: str, resource: dict, deferred: list[dict] | None = None) -> None:
+    """Validation and reference checks that every written body passes (references of a transaction's
+    entries are checked once all its entries are written: `deferred`)."""
+    validate(resource, resource_type)
+    if deferred is not None:
+        deferred.append(resource)
+    else:
+        check_written(ctx, resource)
+
+
+def check_written(ctx: Context, resource: dict) -> None:
+    if ctx.policy.checks_references:
+        check_references(ctx, resource)
+    check_appointment_slot(ctx, resource)
+
+
+def create(ctx: Context, resource_type: str, resource: dict, if_none_exist: str | None = None, *,
+           resource_id: str | None = None, deferred: list[dict] | None = None) -> Reply:
+    ctx.interaction = "create"
+    ctx.audit_entity = resource_type
+    ctx.policy.check_write(resource_type, "create", resource)
+    if resource.get("resourceType") != resource_type:
+        raise FhirError("invalid", f"The body is a {resource.get('resourceType')}, expected {resource_type}.")
+    if if_none_exist:
+        existing = conditional_match(ctx, resource_type, if_none_exist)
+        if existing is not None:
+            return stored_reply(ctx, existing, 200)
+    resource = dict(resource)
+    resource.pop("id", None)
+    prepare(ctx, resource_type, resource, deferred)
+    stored = ctx.repo.save(resource_type, resource, resource_id=resource_id)
+    ctx.audit_entity = f"{resource_type}/{stored.id}"
+    return stored_reply(ctx, stored, 201, location=True)
+
+
+def conditional_match(ctx: Context, resource_type: str, query: str) -> Stored | None:
+    """If-None-Exist: the one match the caller can see, None for none, 412 for several."""
+    ctx.policy.check_search(resource_type)
+    params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    if not params:
+        raise FhirError("invalid", "If-None-Exist needs search parameters.")
+    request = parse_search(resource_type, params, strict=True)
+    request.count = 2
+    request.page = None
+    request.includes, request.revincludes = [], []
+    matches = ctx.engine().run(request).matches
+    if len(matches) > 1:
+        raise FhirError("version-conflict", "The conditional create matches more than one resource.")
+    return matches[0] if matches else None
+
+
+def update(ctx: Context, resource_type: str, resource_id: str, resource: dict, if_match: str | None, *,
+           deferred: list[dict] | None = None) -> Reply:
+    ctx.interaction = "update"
+    ctx.audit_entity = f"{resource_type}/{resource_id}"
+    if resource.get("resourceType") != resource_type:
+        raise FhirError("invalid", f"The body is a {resource.get('resourceType')}, expected {resource_type}.")
+    if resource.get("id") != resource_id:
+        raise FhirError("invalid", "The id in the body must equal the id in the URL.")
+    if not valid_id(resource_id):
+        raise FhirError("invalid", f"{resource_id} is not a valid FHIR id.")
+    current = ctx.repo.get(resource_type, resource_id)
+    exists = current is not None and not current.deleted
+    ctx.policy.check_write(resource_type, "update" if exists else "update-as-create", resource)
+    if exists and not ctx.visible(resource_type, resource_id):
+        raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
+    expected = parse_if_match(if_match)
+    if expected is not None and not exists:
+        raise FhirError("version-conflict", f"{resource_type}/{resource_id} does not exist (If-Match).")
+    prepare(ctx, resource_type, resource, deferred)
+    stored = ctx.repo.save(resource_type, resource, resource_id=resource_id, if_match=expected)
+    return stored_reply(ctx, stored, 200 if exists else 201, location=not exists)
+
+
+def parse_if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    tag = value.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise FhirError("version-conflict", f"If-Match {value} names no version of this resource.")
+    return int(tag)
+
+
+def delete(ctx: Context, resource_type: str, resource_id: str) -> Reply:
+    ctx.interaction = "delete"
+    ctx.audit_entity = f"{resource_type}/{resource_id}"
+    ctx.policy.check_write(resource_type, "delete")
+    current = ctx.repo.get(resource_type, resource_id)
+    if current is None:
+        raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
+    if current.deleted:
+        return Reply(204)
+    if not ctx.visible(resource_type, resource_id):
+        raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
+    ctx.policy.check_write(resource_type, "delete", current.resource())
+    ctx.repo.delete(resource_type, resource_id)
+    return Reply(204)
+
+
+# -- search ------------------------------------------------------------------------------------------
+def search(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> Reply:
+    ctx.interaction = "search"
+    ctx.audit_entity = resource_type
+    ctx.policy.check_search(resource_type)
+    request = parse_search(resource_type, params, strict=ctx.strict)
+    result = ctx.engine().run(request)
+    outcome = None
+    if request.unknown:
+        outcome = operation_outcome("invalid", "Unknown search parameters were ignored: "
+                                    + ", ".join(request.unknown), issue_code="not-supported")
+        outcome["issue"][0]["severity"] = "warning"
+    bundle = bundles.searchset(ctx.base, request, result, ctx.clock.now_us(), outcome)
+    return Reply(200, bundle)
+
+
+# -- history -----------------------------------------------------------------------------------------
+def instance_history(ctx: Context, resource_type: str, resource_id: str, params: dict[str, str]) -> Reply:
+    ctx.interaction = "history"
+    ctx.policy.check_read(resource_type)
+    current = ctx.repo.get(resource_type, resource_id)
+    if current is None or (not current.deleted and not ctx.visible(resource_type, resource_id)):
+        raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
+    if current.deleted and ctx.policy.scope(resource_type) is not None:
+        raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
+    V = schema.resource_versions
+    query = select(V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
+        V.c.type == resource_type, V.c.id == resource_id)
+    return _history_reply(ctx, resource_type, query, params, f"{ctx.base}/{resource_type}/{resource_id}/_history")
+
+
+def type_history(ctx: Context, resource_type: str | None, params: dict[str, str]) -> Reply:
+    ctx.interaction = "history"
+    V = schema.resource_versions
+    query = select(V.c.type, V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content)
+    if resource_type:
+        ctx.policy.check_search(resource_type)
+        query = query.where(V.c.type == resource_type)
+        scope = ctx.policy.scope(resource_type)
+        if scope is not None:
+            query = query.where(V.c.id.in_(scope))
+        url = f"{ctx.base}/{resource_type}/_history"
+    else:
+        if ctx.caller.role != "admin":
+            raise FhirError("forbidden", "System history is open to admin only.")
+        url = f"{ctx.base}/_history"
+    return _history_reply(ctx, resource_type, query, params, url)
+
+
+def _history_reply(ctx: Context, resource_type: str | None, query, params: dict[str, str], url: str) -> Reply:
+    from terminhub.fhir.dates import DateError, parse_instant
+
+    V = schema.resource_versions
+    if params.get("_since"):
+        try:
+            since = parse_instant(params["_since"], ctx.tz)
+        except DateError as exc:
+            raise FhirError("invalid", str(exc)) from exc
+        query = query.where(V.c.last_updated >= since)
+    try:
+        count = min(int(params.get("_count", "100")), MAX_HISTORY)
+    except ValueError as exc:
+        raise FhirError("invalid", "_count must be a whole number.") from exc
+    total = ctx.conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    rows = ctx.conn.execute(query.order_by(V.c.last_updated.desc(), V.c.version_id.desc()).limit(count))
+    versions = [Stored(getattr(row, "type", resource_type), row.id, row.version_id, row.last_updated,
+                       row.method == "DELETE", row.content, method=row.method) for row in rows]
+    return Reply(200, bundles.history(ctx.base, versions, ctx.clock.now_us(), url, total))
+
+
+__all__ = ["read", "vread", "create", "update", "delete", "search", "instance_history", "type_history", "instant"]

@@ -1,0 +1,68 @@
+"""create_app(settings): the one place where the parts are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from terminhub import sweep
+from terminhub.access.tokens import ClientCache, TokenService, load_signing_key
+from terminhub.api.admin import clock_endpoint
+from terminhub.api.auth import smart_configuration, token_endpoint
+from terminhub.api.fhir_endpoint import FhirEndpoint
+from terminhub.config import Settings
+from terminhub.store.database import Database
+
+log = logging.getLogger("terminhub")
+FHIR_METHODS = ["GET", "POST", "PUT", "DELETE"]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    db = Database(settings.database_url)
+    with db.transaction() as conn:
+        key = load_signing_key(conn, settings)
+    tokens = TokenService(key, settings.token_minutes, settings.base_url)
+    clients = ClientCache(settings.client_recheck_s)
+    fhir = FhirEndpoint(settings, db, tokens, clients)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(sweep.loop(db, settings))
+        try:
+            yield
+        finally:
+            task.cancel()
+            db.dispose()
+
+    async def root(_request: Request) -> Response:
+        return JSONResponse({"name": "terminhub", "fhir": settings.fhir_base,
+                             "token_endpoint": settings.base_url.rstrip("/") + "/auth/token"})
+
+    routes = [
+        Route("/", root),
+        Route("/auth/token", token_endpoint, methods=["POST"]),
+        Route("/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
+        Route("/fhir/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
+        Route("/admin/clock", clock_endpoint, methods=["GET", "POST"]),
+        Route("/fhir", fhir.__call__, methods=FHIR_METHODS),
+        Route("/fhir/{path:path}", fhir.__call__, methods=FHIR_METHODS),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = db
+    app.state.tokens = tokens
+    app.state.clients = clients
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """Factory for `uvicorn --factory` workers: settings come from TERMINHUB_* variables."""
+    return create_app(Settings())

@@ -1,0 +1,91 @@
+"""`terminhub serve | db upgrade | demo load | clients …` (Typer)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from terminhub.access.cli_clients import clients_app
+from terminhub.config import Settings
+
+app = typer.Typer(help="terminhub: an appointment-booking hub for healthcare, served as FHIR R4.",
+                  no_args_is_help=True)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
+app.add_typer(clients_app, name="clients")
+
+DatabaseOption = Annotated[str | None, typer.Option("--database", help="Database URL [TERMINHUB_DATABASE_URL]")]
+
+
+def _settings(database: str | None = None) -> Settings:
+    settings = Settings()
+    if database:
+        settings = settings.model_copy(update={"database_url": database})
+    return settings
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8080,
+    database: DatabaseOption = None,
+    workers: Annotated[int, typer.Option(help="Server processes sharing the port")] = 1,
+) -> None:
+    """Serve the FHIR API (and the auth endpoints) over HTTP."""
+    import uvicorn
+
+    if database:
+        os.environ["TERMINHUB_DATABASE_URL"] = database
+    uvicorn.run("terminhub.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level=os.environ.get("TERMINHUB_LOG_LEVEL", "warning"), access_log=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(database: DatabaseOption = None) -> None:
+    """Create or migrate the schema; create the token-signing key if there is none."""
+    from terminhub.store.database import Database
+    from terminhub.store.migrate import upgrade
+
+    db = Database(_settings(database).database_url)
+    upgrade(db)
+    db.dispose()
+    typer.echo("database is up to date", err=True)
+
+
+@demo_app.command("load")
+def demo_load(
+    database: DatabaseOption = None,
+    practices: Annotated[int, typer.Option(help="Number of practices")] = 50,
+    days: Annotated[int, typer.Option(help="Days of free Slots from today")] = 14,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data)")] = 1,
+    if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing if the database holds data")] = False,
+) -> None:
+    """Load a deterministic, realistic demo directory with free Slots."""
+    from terminhub.demo import DemoSettings
+    from terminhub.demo.loader import has_data, load, total
+    from terminhub.store.database import Database
+
+    settings = _settings(database)
+    db = Database(settings.database_url)
+    if if_empty and has_data(db):
+        typer.echo("demo data already present", err=True)
+        return
+    today = datetime.now(ZoneInfo(settings.timezone)).date()
+    demo = DemoSettings(practices=practices, days=days, seed=seed, start=today)
+    columns = (TextColumn("loading demo data"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("demo", total=total(demo))
+        written = load(db, demo, settings.timezone, lambda n: bar.advance(task, n))
+    db.dispose()
+    typer.echo(f"{written} resources loaded", err=True)
+
+
+if __name__ == "__main__":
+    app()

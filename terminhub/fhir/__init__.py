@@ -1,0 +1,1 @@
+"""The FHIR wire: JSON and XML, Bundle and OperationOutcome, search parameters, CapabilityStatement."""

@@ -1,0 +1,1 @@
+"""The database: tables, migrations, resource repository, search index, change records, unit of work."""

@@ -1,0 +1,210 @@
+"""The resource repository and the one write path.
+
+`Repository.save` and `Repository.delete` are the only places that change a resource: they stamp the
+version, keep the history, refresh the index and write the outbox row in the caller's transaction, so
+no face can forget a change record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+import orjson
+from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from terminhub.clock import Clock, instant
+from terminhub.fhir.outcome import FhirError
+from terminhub.store import schema
+from terminhub.store.indexer import index_rows, position
+
+NO_OUTBOX = frozenset({"AuditEvent", "Provenance", "OperationDefinition", "SearchParameter"})
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change: a registered client, or the hub itself (expiries)."""
+
+    client_id: str
+    role: str
+    name: str
+
+
+HUB = Actor("hub", "hub", "terminhub")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored version: the served JSON bytes and the facts kept beside them."""
+
+    type: str
+    id: str
+    version_id: int
+    last_updated: int
+    deleted: bool
+    content: bytes | None
+    created_by: str | None = None
+    method: str = ""
+
+    def resource(self) -> dict:
+        return orjson.loads(self.content) if self.content else {}
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+
+@dataclass(frozen=True)
+class Change:
+    type: str
+    id: str
+    version_id: int
+    method: str
+
+
+@dataclass
+class Repository:
+    """Reads and writes resources on one connection (one transaction per request)."""
+
+    conn: Connection
+    clock: Clock
+    tz: ZoneInfo
+    actor: Actor
+    changes: list[Change] = field(default_factory=list)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def get(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Stored | None:
+        """The current version, deleted ones included (their content is None)."""
+        r = schema.resources
+        query = select(r.c.version_id, r.c.last_updated, r.c.deleted, r.c.content, r.c.created_by).where(
+            r.c.type == resource_type, r.c.id == resource_id
+        )
+        if for_update:
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        if row is None:
+            return None
+        return Stored(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content,
+                      row.created_by)
+
+    def get_many(self, resource_type: str, ids: list[str]) -> list[Stored]:
+        if not ids:
+            return []
+        r = schema.resources
+        rows = self.conn.execute(
+            select(r.c.id, r.c.version_id, r.c.last_updated, r.c.content, r.c.created_by).where(
+                r.c.type == resource_type, r.c.id.in_(ids), r.c.deleted.is_(False)
+            )
+        )
+        return [Stored(resource_type, row.id, row.version_id, row.last_updated, False, row.content,
+                       row.created_by) for row in rows]
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored | None:
+        v = schema.resource_versions
+        row = self.conn.execute(
+            select(v.c.last_updated, v.c.method, v.c.content).where(
+                v.c.type == resource_type, v.c.id == resource_id, v.c.version_id == version_id
+            )
+        ).first()
+        if row is None:
+            return None
+        return Stored(resource_type, resource_id, version_id, row.last_updated, row.method == "DELETE",
+                      row.content, method=row.method)
+
+    # -- the one write path ------------------------------------------------------------------------
+    def save(self, resource_type: str, resource: dict, *, resource_id: str | None = None,
+             if_match: int | None = None, must_exist: bool = False) -> Stored:
+        """Create or update: stamps meta, keeps history, re-indexes, writes the outbox row."""
+        now = self.clock.now_us()
+        current = self.get(resource_type, resource_id, for_update=True) if resource_id else None
+        if if_match is not None and (current is None or current.deleted or current.version_id != if_match):
+            raise FhirError("version-conflict", "The resource was changed meanwhile (If-Match does not match).")
+        if must_exist and (current is None or current.deleted):
+            raise FhirError("not-found", f"{resource_type}/{resource_id} does not exist.")
+        resource_id = resource_id or str(uuid.uuid4())
+        version = current.version_id + 1 if current else 1
+        now = max(now, current.last_updated + 1) if current else now
+        content = serialise(resource_type, resource_id, version, now, resource)
+        method = "POST" if current is None or current.deleted else "PUT"
+        self._store(resource_type, resource_id, version, now, content, current)
+        self._record(resource_type, resource_id, version, now, method, content)
+        self._reindex(resource_type, resource_id, orjson.loads(content))
+        return Stored(resource_type, resource_id, version, now, False, content,
+                      current.created_by if current and not current.deleted else self.actor.client_id, method)
+
+    def delete(self, resource_type: str, resource_id: str) -> Stored | None:
+        """Delete (a new, empty version); None when there was nothing to delete."""
+        current = self.get(resource_type, resource_id, for_update=True)
+        if current is None or current.deleted:
+            return None
+        now = max(self.clock.now_us(), current.last_updated + 1)
+        version = current.version_id + 1
+        r = schema.resources
+        self.conn.execute(
+            update(r).where(r.c.type == resource_type, r.c.id == resource_id)
+            .values(version_id=version, last_updated=now, deleted=True, content=None)
+        )
+        self._record(resource_type, resource_id, version, now, "DELETE", None)
+        self._clear_index(resource_type, resource_id)
+        return Stored(resource_type, resource_id, version, now, True, None, method="DELETE")
+
+    def _store(self, resource_type: str, resource_id: str, version: int, now: int, content: bytes,
+               current: Stored | None) -> None:
+        r = schema.resources
+        if current is None:
+            try:
+                with self.conn.begin_nested():
+                    self.conn.execute(insert(r).values(
+                        type=resource_type, id=resource_id, version_id=version, last_updated=now, deleted=False,
+                        content=content, created_by=self.actor.client_id))
+            except IntegrityError as exc:
+                raise FhirError("version-conflict", f"{resource_type}/{resource_id} was created meanwhile.") from exc
+            return
+        created_by = current.created_by if not current.deleted else self.actor.client_id
+        done = self.conn.execute(
+            update(r).where(r.c.type == resource_type, r.c.id == resource_id, r.c.version_id == current.version_id)
+            .values(version_id=version, last_updated=now, deleted=False, content=content, created_by=created_by)
+        )
+        if done.rowcount != 1:
+            raise FhirError("version-conflict", f"{resource_type}/{resource_id} was changed meanwhile.")
+
+    def _record(self, resource_type: str, resource_id: str, version: int, now: int, method: str,
+                content: bytes | None) -> None:
+        self.conn.execute(insert(schema.resource_versions).values(
+            type=resource_type, id=resource_id, version_id=version, last_updated=now, method=method,
+            content=content))
+        self.changes.append(Change(resource_type, resource_id, version, method))
+        if resource_type not in NO_OUTBOX:
+            self.conn.execute(insert(schema.outbox).values(
+                recorded=now, resource_type=resource_type, resource_id=resource_id, version_id=version,
+                method=method, client_id=self.actor.client_id))
+
+    def _reindex(self, resource_type: str, resource_id: str, resource: dict) -> None:
+        self._clear_index(resource_type, resource_id)
+        rows = index_rows(resource_type, resource_id, resource, self.tz)
+        if rows:
+            self.conn.execute(insert(schema.search_index), rows)
+        pos = position(resource_type, resource)
+        if pos:
+            self.conn.execute(insert(schema.positions).values(type=resource_type, id=resource_id, latitude=pos[0],
+                                                              longitude=pos[1]))
+
+    def _clear_index(self, resource_type: str, resource_id: str) -> None:
+        s, p = schema.search_index, schema.positions
+        self.conn.execute(delete(s).where(and_(s.c.type == resource_type, s.c.id == resource_id)))
+        if resource_type == "Location":
+            self.conn.execute(delete(p).where(and_(p.c.type == resource_type, p.c.id == resource_id)))
+
+
+def serialise(resource_type: str, resource_id: str, version: int, now: int, resource: dict) -> bytes:
+    """The served bytes: resourceType, id and meta first, then the resource as sent."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(now)
+    body = {"resourceType": resource_type, "id": resource_id, "meta": meta}
+    for key, value in resource.items():
+        if key not in body:
+            body[key] = value
+    return orjson.dumps(body)

@@ -1,0 +1,125 @@
+"""Tables. Resources are kept as their served JSON bytes; search runs on index rows written with them.
+
+Instants are integers (microseconds since the epoch, UTC) so that SQLite and PostgreSQL compare and
+sort them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", LargeBinary, nullable=True),
+    Column("created_by", String(64), nullable=True),
+    Index("ix_resources_type_updated", "type", "last_updated"),
+)
+
+resource_versions = Table(
+    "resource_versions",
+    metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("content", LargeBinary, nullable=True),
+    Index("ix_versions_type_updated", "type", "last_updated"),
+    Index("ix_versions_updated", "last_updated"),
+)
+
+search_index = Table(
+    "search_index",
+    metadata,
+    Column("type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("lo", BigInteger, nullable=True),
+    Column("hi", BigInteger, nullable=True),
+    Column("ref_type", String(64), nullable=True),
+    Column("ref_id", String(64), nullable=True),
+    Index("ix_search_owner", "type", "id"),
+    Index("ix_search_token", "type", "param", "code", "system"),
+    Index("ix_search_text", "type", "param", "text"),
+    Index("ix_search_date", "type", "param", "lo", "hi"),
+    Index("ix_search_ref", "ref_type", "ref_id", "param", "type"),
+)
+
+positions = Table(
+    "positions",
+    metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("latitude", Float, nullable=False),
+    Column("longitude", Float, nullable=False),
+    Index("ix_positions_lat_lon", "latitude", "longitude"),
+)
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("bsnrs", Text, nullable=False, default="[]"),
+    Column("secret_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("changed_at", BigInteger, nullable=False),
+)
+
+settings_kv = Table(
+    "settings_kv",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("recorded", BigInteger, nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("client_id", String(64), nullable=True),
+    Column("delivered", Boolean, nullable=False, default=False),
+)
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Index("ix_idempotency_created", "created"),
+)

@@ -1,0 +1,338 @@
+"""Search: a SearchRequest compiled to one SQL query over resources and index rows.
+
+Paging is keyset paging (sort keys then id) through an opaque cursor, so a page never repeats or skips a
+resource that matched throughout, whatever is written meanwhile; `page` is plain offset paging.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+
+from terminhub.fhir import searchparams
+from terminhub.fhir.dates import MAX_US, DateError, parse_range, split_prefix
+from terminhub.fhir.outcome import FhirError
+from terminhub.fhir.search_request import Criterion, SearchRequest
+from terminhub.store import schema
+from terminhub.store.indexer import normalise_text, split_reference
+from terminhub.store.repository import Stored
+
+# Which ids of a type the caller may see: a Select of ids, None for all.
+Scope = Callable[[str], Select | None]
+
+R = schema.resources
+S = schema.search_index
+
+
+@dataclass
+class SearchResult:
+    matches: list[Stored]
+    includes: list[Stored] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: dict | None = None
+    prev_cursor: dict | None = None
+    has_next: bool = False
+
+
+class SearchEngine:
+    """Runs searches on one connection with the caller's scope."""
+
+    def __init__(self, conn: Connection, tz: ZoneInfo, scope: Scope, base_url: str = "") -> None:
+        self.conn = conn
+        self.tz = tz
+        self.scope = scope
+        self.base_url = base_url
+
+    # -- the main query ------------------------------------------------------------------------------
+    def run(self, request: SearchRequest) -> SearchResult:
+        where = self.where(request.resource_type, request.criteria)
+        sort_cols = self._sort_columns(request)
+        result = SearchResult(matches=[])
+        if request.total or request.count == 0:
+            result.total = self.conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one()
+        if request.count == 0:
+            return result
+        keys = [col for col, _ in sort_cols]
+        query = select(R.c.id, R.c.version_id, R.c.last_updated, R.c.content, R.c.created_by, *keys).where(*where)
+        backwards = bool(request.cursor and request.cursor.get("d") == "prev")
+        if request.cursor:
+            query = query.where(_after(sort_cols, request.cursor["k"], backwards))
+        order = [(col.desc() if desc != backwards else col.asc()) for col, desc in sort_cols]
+        query = query.order_by(*order).limit(request.count + 1)
+        if request.page and not request.cursor:
+            query = query.offset((request.page - 1) * request.count)
+        rows = list(self.conn.execute(query))
+        more = len(rows) > request.count
+        rows = rows[: request.count]
+        if backwards:
+            rows.reverse()
+        result.matches = [Stored(request.resource_type, row.id, row.version_id, row.last_updated, False, row.content,
+                                 row.created_by) for row in rows]
+        n = len(sort_cols)
+        if rows:
+            first, last = list(rows[0][-n:]), list(rows[-1][-n:])
+            has_later = backwards or more
+            has_earlier = more if backwards else bool(request.cursor or (request.page or 1) > 1)
+            result.next_cursor = {"k": last, "d": "next"} if has_later else None
+            result.prev_cursor = {"k": first, "d": "prev"} if has_earlier else None
+        result.has_next = result.next_cursor is not None
+        result.includes = self.includes(request, result.matches)
+        return result
+
+    def where(self, resource_type: str, criteria: list[Criterion]) -> list[ColumnElement]:
+        clauses: list[ColumnElement] = [R.c.type == resource_type, R.c.deleted.is_(False)]
+        visible = self.scope(resource_type)
+        if visible is not None:
+            clauses.append(R.c.id.in_(visible))
+        for criterion in criteria:
+            clauses.append(self._criterion(resource_type, criterion))
+        return clauses
+
+    def _sort_columns(self, request: SearchRequest) -> list[tuple[ColumnElement, bool]]:
+        cols: list[tuple[ColumnElement, bool]] = []
+        for name, descending in request.sort:
+            if name == "_lastUpdated":
+                cols.append((R.c.last_updated, descending))
+            elif name == "_id":
+                continue
+            else:
+                sub = (select(func.coalesce(func.min(S.c.lo), MAX_US))
+                       .where(S.c.type == request.resource_type, S.c.id == R.c.id, S.c.param == name)
+                       .scalar_subquery())
+                cols.append((sub.label(f"sort_{len(cols)}"), descending))
+        cols.append((R.c.id, any(d for n, d in request.sort if n == "_id")))
+        return cols
+
+    # -- criteria ------------------------------------------------------------------------------------
+    def _criterion(self, resource_type: str, c: Criterion) -> ColumnElement:
+        if c.modifier == "missing":
+            present = self._has_param(resource_type, c.name)
+            wanted_missing = c.values[0] == "true"
+            return not_(present) if wanted_missing else present
+        if c.name == "_id":
+            return R.c.id.in_(list(c.values))
+        if c.name == "_lastUpdated":
+            return or_(*[_date_compare(R.c.last_updated, R.c.last_updated + 1, v, self.tz) for v in c.values])
+        param = c.param
+        assert param is not None
+        if param.kind == "special":
+            return self._special(resource_type, c)
+        matches = or_(*[self._value(param, c.modifier, v) for v in c.values])
+        sub = select(S.c.id).where(S.c.type == resource_type, S.c.param == c.name, matches)
+        if c.modifier == "not":
+            return R.c.id.not_in(sub)
+        return R.c.id.in_(sub)
+
+    def _has_param(self, resource_type: str, name: str) -> ColumnElement:
+        return exists().where(S.c.type == resource_type, S.c.id == R.c.id, S.c.param == name)
+
+    def _value(self, param: searchparams.SearchParam, modifier: str | None, value: str) -> ColumnElement:
+        if param.kind == "token" or (param.kind == "reference" and modifier == "identifier"):
+            return _token(value)
+        if param.kind == "reference":
+            return self._reference(param, modifier, value)
+        if param.kind == "date":
+            return _date_compare(S.c.lo, S.c.hi, value, self.tz)
+        if param.kind == "string":
+            text = _like_escape(normalise_text(value))
+            if modifier == "exact":
+                return S.c.text == normalise_text(value)
+            if modifier == "contains":
+                return S.c.text.like(f"%{text}%", escape="\\")
+            return S.c.text.like(f"{text}%", escape="\\")
+        if param.kind == "uri":
+            return S.c.text == value
+        raise FhirError("invalid", f"Search parameter {param.name} cannot be used here.")
+
+    def _reference(self, param: searchparams.SearchParam, modifier: str | None, value: str) -> ColumnElement:
+        target = split_reference(value.removeprefix(self.base_url.rstrip("/") + "/fhir/")) if "/" in value else None
+        if target:
+            ref_type, ref_id = target
+        else:
+            ref_type, ref_id = (modifier if modifier and modifier[:1].isupper() else None), value
+        clauses = [S.c.ref_id == ref_id]
+        if ref_type:
+            clauses.append(S.c.ref_type == ref_type)
+        return and_(*clauses)
+
+    def _special(self, resource_type: str, c: Criterion) -> ColumnElement:
+        if resource_type == "Slot" and c.name in ("specialty", "service-type"):
+            return self._slot_offers(c)
+        if resource_type == "Location" and c.name == "near":
+            return or_(*[_near(v) for v in c.values])
+        raise FhirError("invalid", f"Search parameter {c.name} is not supported for {resource_type}.")
+
+    def _slot_offers(self, c: Criterion) -> ColumnElement:
+        """A Slot offers its own codings, or its Schedule's where it has none (3.1)."""
+        schedule_param = "specialty" if c.name == "specialty" else "service-type"
+        own_slot_param = c.name
+        matches = or_(*[_token(v) for v in c.values])
+        own = select(S.c.id).where(S.c.type == "Slot", S.c.param == own_slot_param, matches)
+        has_own = select(S.c.id).where(S.c.type == "Slot", S.c.param.in_(("specialty", "service-type")))
+        schedules = select(S.c.id).where(S.c.type == "Schedule", S.c.param == schedule_param, matches)
+        slot_refs = select(S.c.id).where(S.c.type == "Slot", S.c.param == "schedule", S.c.ref_id.in_(schedules))
+        inherited = and_(R.c.id.in_(slot_refs), R.c.id.not_in(has_own))
+        offered = or_(R.c.id.in_(own), inherited)
+        return not_(offered) if c.modifier == "not" else offered
+
+    # -- includes ------------------------------------------------------------------------------------
+    def includes(self, request: SearchRequest, matches: list[Stored]) -> list[Stored]:
+        seen = {(m.type, m.id) for m in matches}
+        found: list[Stored] = []
+        frontier = list(matches)
+        first_round = True
+        while frontier:
+            new: list[Stored] = []
+            for source, param_name, target, iterate in request.includes:
+                if not first_round and not iterate:
+                    continue
+                ids = [s.id for s in frontier if s.type == source]
+                if ids:
+                    new += self._follow(source, param_name, target, ids, seen)
+            for source, param_name, target, iterate in request.revincludes:
+                if not first_round and not iterate:
+                    continue
+                new += self._follow_back(source, param_name, frontier, seen)
+            found += new
+            frontier = new if any(i[3] for i in request.includes + request.revincludes) else []
+            first_round = False
+        return found
+
+    def _follow(self, source: str, param_name: str, target: str | None, ids: list[str],
+                seen: set[tuple[str, str]]) -> list[Stored]:
+        query = select(S.c.ref_type, S.c.ref_id).where(S.c.type == source, S.c.param == param_name, S.c.id.in_(ids),
+                                                       S.c.ref_id.is_not(None))
+        if target:
+            query = query.where(S.c.ref_type == target)
+        wanted: dict[str, list[str]] = {}
+        for ref_type, ref_id in self.conn.execute(query):
+            if (ref_type, ref_id) not in seen:
+                seen.add((ref_type, ref_id))
+                wanted.setdefault(ref_type, []).append(ref_id)
+        return self._load_visible(wanted)
+
+    def _follow_back(self, source: str, param_name: str, frontier: list[Stored],
+                     seen: set[tuple[str, str]]) -> list[Stored]:
+        by_type: dict[str, list[str]] = {}
+        for s in frontier:
+            by_type.setdefault(s.type, []).append(s.id)
+        wanted: dict[str, list[str]] = {}
+        for ref_type, ids in by_type.items():
+            query = select(S.c.id).where(S.c.type == source, S.c.param == param_name, S.c.ref_type == ref_type,
+                                         S.c.ref_id.in_(ids))
+            for (rid,) in self.conn.execute(query):
+                if (source, rid) not in seen:
+                    seen.add((source, rid))
+                    wanted.setdefault(source, []).append(rid)
+        return self._load_visible(wanted)
+
+    def _load_visible(self, wanted: dict[str, list[str]]) -> list[Stored]:
+        loaded: list[Stored] = []
+        for resource_type, ids in wanted.items():
+            query = select(R.c.id, R.c.version_id, R.c.last_updated, R.c.content, R.c.created_by).where(
+                R.c.type == resource_type, R.c.id.in_(ids), R.c.deleted.is_(False))
+            visible = self.scope(resource_type)
+            if visible is not None:
+                query = query.where(R.c.id.in_(visible))
+            for row in self.conn.execute(query.order_by(R.c.id)):
+                loaded.append(Stored(resource_type, row.id, row.version_id, row.last_updated, False, row.content,
+                                     row.created_by))
+        return loaded
+
+
+def _token(value: str) -> ColumnElement:
+    if "|" not in value:
+        return S.c.code == value
+    system, _, code = value.partition("|")
+    if not system:
+        return and_(S.c.system.is_(None), S.c.code == code)
+    if not code:
+        return S.c.system == system
+    return and_(S.c.system == system, S.c.code == code)
+
+
+def _date_compare(lo: ColumnElement, hi: ColumnElement, value: str, tz: ZoneInfo) -> ColumnElement:
+    """R4 prefix semantics between the resource's range [lo, hi) and the value's range [plo, phi)."""
+    prefix, raw = split_prefix(value)
+    try:
+        plo, phi = parse_range(raw, tz)
+    except DateError as exc:
+        raise FhirError("invalid", str(exc)) from exc
+    if prefix == "eq":
+        return and_(lo >= plo, hi <= phi)
+    if prefix == "ne":
+        return not_(and_(lo >= plo, hi <= phi))
+    if prefix == "gt":
+        return hi > phi
+    if prefix == "lt":
+        return lo < plo
+    if prefix == "ge":
+        return or_(hi > phi, lo >= plo)
+    if prefix == "le":
+        return or_(lo < plo, hi <= phi)
+    if prefix == "sa":
+        return lo >= phi
+    if prefix == "eb":
+        return hi <= plo
+    return and_(lo < phi, hi > plo)  # ap: overlaps
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _near(value: str) -> ColumnElement:
+    """`lat|lon|distance|units` (km by default; m accepted): a radius around a point."""
+    parts = value.split("|")
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+        distance = float(parts[2]) if len(parts) > 2 and parts[2] else None
+    except (ValueError, IndexError) as exc:
+        raise FhirError("invalid", "near must be latitude|longitude|distance|units.") from exc
+    if distance is None:
+        raise FhirError("invalid", "near needs a distance: latitude|longitude|distance|units.")
+    unit = parts[3] if len(parts) > 3 and parts[3] else "km"
+    if unit in ("m", "urn:ucum|m"):
+        distance /= 1000
+    elif unit not in ("km", "urn:ucum|km"):
+        raise FhirError("invalid", "near distance units must be km or m.")
+    P = schema.positions
+    kx = 111.32 * math.cos(math.radians(lat))
+    ky = 110.57
+    dlat = (distance / ky) + 1e-9
+    dlon = (distance / max(kx, 1e-6)) + 1e-9
+    dist2 = (P.c.latitude - lat) * (P.c.latitude - lat) * (ky * ky) + (P.c.longitude - lon) * (
+        P.c.longitude - lon) * (kx * kx)
+    inside = select(P.c.id).where(P.c.type == "Location", P.c.latitude.between(lat - dlat, lat + dlat),
+                                  P.c.longitude.between(lon - dlon, lon + dlon), dist2 <= literal(distance * distance))
+    return R.c.id.in_(inside)
+
+
+def _after(sort_cols: list[tuple[ColumnElement, bool]], keys: list, backwards: bool) -> ColumnElement:
+    """Rows strictly after (or before) the cursor's keys in the sort order."""
+    if len(keys) != len(sort_cols):
+        raise FhirError("invalid", "The paging cursor does not belong to this search.")
+    clause: ColumnElement = false()
+    for i in range(len(sort_cols) - 1, -1, -1):
+        col, desc = sort_cols[i]
+        forward = desc == backwards  # ascending in the direction of travel
+        step = col > keys[i] if forward else col < keys[i]
+        clause = or_(step, and_(col == keys[i], clause)) if i < len(sort_cols) - 1 else step
+    return clause if len(sort_cols) else true()

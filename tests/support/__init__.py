@@ -1,0 +1,1 @@
+"""Test support: real databases and real `terminhub serve` processes."""
