@@ -87,5 +87,42 @@ def demo_load(
     typer.echo(f"{written} resources loaded", err=True)
 
 
+@demo_app.command("clients")
+def demo_clients(
+    database: DatabaseOption = None,
+    credentials_file: Annotated[str, typer.Option(help="Where the demo secrets are kept")] = "var/demo-clients.json",
+) -> None:
+    """Register (or reuse) one demo client per role and print how to use them."""
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from terminhub.demo.credentials import ensure_demo_clients
+    from terminhub.fhir.searchparams import BSNR_SYSTEM
+    from terminhub.store import schema
+    from terminhub.store.database import Database
+
+    settings = _settings(database)
+    db = Database(settings.database_url)
+    s = schema.search_index
+    with db.transaction() as conn:
+        bsnr = conn.execute(select(s.c.code).where(s.c.type == "Organization", s.c.param == "identifier",
+                                                   s.c.system == BSNR_SYSTEM).order_by(s.c.id).limit(1)).scalar()
+    clients = ensure_demo_clients(db, Path(credentials_file), bsnr)
+    db.dispose()
+    base = settings.base_url.rstrip("/")
+    typer.echo("\nDemo clients (role: client_id / client_secret):")
+    for role, c in clients.items():
+        extra = f"  (BSNR {c['bsnr'][0]})" if c.get("bsnr") else ""
+        typer.echo(f"  {role:18} {c['client_id']} / {c['client_secret']}{extra}")
+    admin = clients["scheduling-client"]
+    typer.echo("\nTry it (a scheduling client searching free Slots):\n")
+    typer.echo(f"  TOKEN=$(curl -s -X POST {base}/auth/token -d grant_type=client_credentials "
+               f"-d client_id={admin['client_id']} -d client_secret={admin['client_secret']} "
+               "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
+    typer.echo(f"  curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/fhir/Slot?status=free&_count=3"
+               "&_include=Slot:schedule\"\n")
+
+
 if __name__ == "__main__":
     app()

@@ -613,4 +613,3 @@ def _escape_text(value: str) -> str:
 def _escape_match(match: re.Match[str]) -> str:
     """The entity or character reference for one escaped character."""
     return _ESCAPES[match.group()]
-

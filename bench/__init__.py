@@ -1,0 +1,1 @@
+"""The benchmark of the hot paths (slot search, booking, change feed)."""
