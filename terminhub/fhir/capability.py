@@ -132,7 +132,8 @@ _HL7_IDS: dict[tuple[str, str], str] = {
 }
 _COMMON_DEFINITIONS = {
     "_id": ("token", HL7_SEARCH_PARAMETER + "Resource-id", "Logical id of the resource"),
-    "_lastUpdated": ("date", HL7_SEARCH_PARAMETER + "Resource-lastUpdated", "When the resource version last changed"),
+    "_lastUpdated": ("date", HL7_SEARCH_PARAMETER + "Resource-lastUpdated",
+                     "When the resource version last changed"),
 }
 
 
@@ -365,7 +366,8 @@ def capability_statement(settings: Settings, software_version: str, published: s
     security = {
         "cors": True,
         "service": [{
-            "coding": [{"system": SECURITY_SERVICE_SYSTEM, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
+            "coding": [{"system": SECURITY_SERVICE_SYSTEM, "code": "SMART-on-FHIR",
+                        "display": "SMART-on-FHIR"}],
             "text": "OAuth2 client credentials (SMART Backend Services style)",
         }],
         "extension": [{
@@ -396,7 +398,8 @@ def capability_statement(settings: Settings, software_version: str, published: s
         "experimental": False,
         "date": published,
         "publisher": "terminhub",
-        "description": "Appointment booking: slots, holds, bookings and referral codes (116117, HL7 Austria).",
+        "description": "Appointment booking: slots, holds, bookings and referral codes "
+                       "(116117, HL7 Austria).",
         "kind": "instance",
         "software": {"name": "terminhub", "version": software_version},
         "implementation": {"description": settings.system_name, "url": settings.fhir_base},
