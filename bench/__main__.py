@@ -2,4 +2,7 @@
 
 import sys
 
-print("terminhub bench: the benchmark of the hot paths is not implemented yet (planned: bench/).", file=sys.stderr)
+print(
+    "terminhub bench: the benchmark of the hot paths is not implemented yet (planned: bench/).",
+    file=sys.stderr,
+)

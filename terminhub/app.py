@@ -21,7 +21,7 @@ from terminhub.config import Settings
 from terminhub.store.database import Database
 
 log = logging.getLogger("terminhub")
-FHIR_METHODS = ["GET", "POST", "PUT", "DELETE"]
+FHIR_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -43,8 +43,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             db.dispose()
 
     async def root(_request: Request) -> Response:
-        return JSONResponse({"name": "terminhub", "fhir": settings.fhir_base,
-                             "token_endpoint": settings.base_url.rstrip("/") + "/auth/token"})
+        return JSONResponse(
+            {
+                "name": "terminhub",
+                "fhir": settings.fhir_base,
+                "token_endpoint": settings.base_url.rstrip("/") + "/auth/token",
+            }
+        )
 
     routes = [
         Route("/", root),

@@ -13,15 +13,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from terminhub.access.cli_clients import clients_app
 from terminhub.config import Settings
 
-app = typer.Typer(help="terminhub: an appointment-booking hub for healthcare, served as FHIR R4.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="terminhub: an appointment-booking hub for healthcare, served as FHIR R4.", no_args_is_help=True
+)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 app.add_typer(clients_app, name="clients")
 
-DatabaseOption = Annotated[str | None, typer.Option("--database", help="Database URL [TERMINHUB_DATABASE_URL]")]
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database", help="Database URL [TERMINHUB_DATABASE_URL]")
+]
 
 
 def _settings(database: str | None = None) -> Settings:
@@ -43,8 +46,15 @@ def serve(
 
     if database:
         os.environ["TERMINHUB_DATABASE_URL"] = database
-    uvicorn.run("terminhub.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level=os.environ.get("TERMINHUB_LOG_LEVEL", "warning"), access_log=False)
+    uvicorn.run(
+        "terminhub.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=os.environ.get("TERMINHUB_LOG_LEVEL", "warning"),
+        access_log=False,
+    )
 
 
 @db_app.command("upgrade")
@@ -65,7 +75,9 @@ def demo_load(
     practices: Annotated[int, typer.Option(help="Number of practices")] = 50,
     days: Annotated[int, typer.Option(help="Days of free Slots from today")] = 14,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data)")] = 1,
-    if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing if the database holds data")] = False,
+    if_empty: Annotated[
+        bool, typer.Option("--if-empty", help="Do nothing if the database holds data")
+    ] = False,
 ) -> None:
     """Load a deterministic, realistic demo directory with free Slots."""
     from terminhub.demo import DemoSettings
@@ -90,7 +102,9 @@ def demo_load(
 @demo_app.command("clients")
 def demo_clients(
     database: DatabaseOption = None,
-    credentials_file: Annotated[str, typer.Option(help="Where the demo secrets are kept")] = "var/demo-clients.json",
+    credentials_file: Annotated[
+        str, typer.Option(help="Where the demo secrets are kept")
+    ] = "var/demo-clients.json",
 ) -> None:
     """Register (or reuse) one demo client per role and print how to use them."""
     from pathlib import Path
@@ -106,8 +120,12 @@ def demo_clients(
     db = Database(settings.database_url)
     s = schema.search_index
     with db.transaction() as conn:
-        bsnr = conn.execute(select(s.c.code).where(s.c.type == "Organization", s.c.param == "identifier",
-                                                   s.c.system == BSNR_SYSTEM).order_by(s.c.id).limit(1)).scalar()
+        bsnr = conn.execute(
+            select(s.c.code)
+            .where(s.c.type == "Organization", s.c.param == "identifier", s.c.system == BSNR_SYSTEM)
+            .order_by(s.c.id)
+            .limit(1)
+        ).scalar()
     clients = ensure_demo_clients(db, Path(credentials_file), bsnr)
     db.dispose()
     base = settings.base_url.rstrip("/")
@@ -117,11 +135,15 @@ def demo_clients(
         typer.echo(f"  {role:18} {c['client_id']} / {c['client_secret']}{extra}")
     admin = clients["scheduling-client"]
     typer.echo("\nTry it (a scheduling client searching free Slots):\n")
-    typer.echo(f"  TOKEN=$(curl -s -X POST {base}/auth/token -d grant_type=client_credentials "
-               f"-d client_id={admin['client_id']} -d client_secret={admin['client_secret']} "
-               "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
-    typer.echo(f"  curl -s -H \"Authorization: Bearer $TOKEN\" \"{base}/fhir/Slot?status=free&_count=3"
-               "&_include=Slot:schedule\"\n")
+    typer.echo(
+        f"  TOKEN=$(curl -s -X POST {base}/auth/token -d grant_type=client_credentials "
+        f"-d client_id={admin['client_id']} -d client_secret={admin['client_secret']} "
+        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
+    )
+    typer.echo(
+        f'  curl -s -H "Authorization: Bearer $TOKEN" "{base}/fhir/Slot?status=free&_count=3'
+        '&_include=Slot:schedule"\n'
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ offset kept in the database, so every process of one deployment sees the same ti
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, select
 
@@ -27,7 +27,8 @@ class Clock:
 
     def refresh(self, conn: Connection) -> None:
         """Adopt the offset stored in the database (test clock only)."""
-        row = conn.execute(select(schema.settings_kv.c.value).where(schema.settings_kv.c.key == OFFSET_KEY)).first()
+        table = schema.settings_kv
+        row = conn.execute(select(table.c.value).where(table.c.key == OFFSET_KEY)).first()
         self.offset_s = float(row[0]) if row else 0.0
 
     @staticmethod
@@ -52,8 +53,14 @@ class FixedClock(Clock):
         self.at_us += int(seconds * 1_000_000)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_us(moment: datetime) -> int:
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+    """Microseconds since the epoch, exactly (also before 1970); a naive datetime is local time."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return (moment - EPOCH) // timedelta(microseconds=1)
 
 
 def from_us(us: int) -> datetime:

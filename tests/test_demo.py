@@ -81,12 +81,14 @@ def test_ids_are_valid_and_unique_per_type() -> None:
 
 
 def test_bsnr_nine_digits_unique_and_anr_seven_digits_unique_with_check_digit() -> None:
-    bsnrs = [i["value"] for o in of_type(DIRECTORY, "Organization") for i in o["identifier"]
-             if i["system"] == BSNR]
+    bsnrs = [
+        i["value"] for o in of_type(DIRECTORY, "Organization") for i in o["identifier"] if i["system"] == BSNR
+    ]
     assert len(bsnrs) == 300 == len(set(bsnrs))
     assert all(re.fullmatch(r"\d{9}", b) for b in bsnrs)
-    anrs = [i["value"] for p in of_type(DIRECTORY, "Practitioner") for i in p["identifier"]
-            if i["system"] == ANR]
+    anrs = [
+        i["value"] for p in of_type(DIRECTORY, "Practitioner") for i in p["identifier"] if i["system"] == ANR
+    ]
     assert len(anrs) == len(of_type(DIRECTORY, "Practitioner")) == len(set(anrs))
     assert all(re.fullmatch(r"\d{7}", a) and anr_check_digit(a[:6]) == a[6] for a in anrs)
 
@@ -171,8 +173,11 @@ def test_slots_fit_their_schedule() -> None:
         assert 7 <= start.hour < 18
     videos = [s for s in slots if "appointmentType" in s]
     assert 0 < len(videos) < len(slots) / 10
-    assert all(v["appointmentType"]["coding"][0] == {"system": "urn:terminhub:termintyp", "code": "video",
-                                                      "display": "Videosprechstunde"} for v in videos)
+    assert all(
+        v["appointmentType"]["coding"][0]
+        == {"system": "urn:terminhub:termintyp", "code": "video", "display": "Videosprechstunde"}
+        for v in videos
+    )
 
 
 @pytest.mark.parametrize(
@@ -209,7 +214,9 @@ def test_no_slots_on_weekends_or_nationwide_holidays() -> None:
 
 def test_easter() -> None:
     assert [easter(y) for y in (2024, 2025, 2026)] == [
-        datetime.date(2024, 3, 31), datetime.date(2025, 4, 20), datetime.date(2026, 4, 5)
+        datetime.date(2024, 3, 31),
+        datetime.date(2025, 4, 20),
+        datetime.date(2026, 4, 5),
     ]
 
 

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from terminhub.clock import instant
 
-ACTIONS = {"create": "C", "read": "R", "search": "R", "vread": "R", "history": "R", "update": "U",
-           "delete": "D", "operation": "E", "transaction": "E", "batch": "E"}
-AUDIT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
-              "display": "RESTful Operation"}
+ACTIONS = {
+    "create": "C",
+    "read": "R",
+    "search": "R",
+    "vread": "R",
+    "history": "R",
+    "update": "U",
+    "delete": "D",
+    "operation": "E",
+    "transaction": "E",
+    "batch": "E",
+}
+AUDIT_TYPE = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
 
 
 def outcome_code(status: int) -> str:
@@ -16,8 +29,17 @@ def outcome_code(status: int) -> str:
     return "4" if status < 500 else "8"
 
 
-def audit_event(*, interaction: str, status: int, now_us: int, client_id: str, client_name: str,
-                entity: str | None, system_name: str, description: str | None = None) -> dict:
+def audit_event(
+    *,
+    interaction: str,
+    status: int,
+    now_us: int,
+    client_id: str,
+    client_name: str,
+    entity: str | None,
+    system_name: str,
+    description: str | None = None,
+) -> dict:
     """The AuditEvent of 2: type rest, action, recorded, outcome, the client, the resource concerned."""
     event: dict = {
         "resourceType": "AuditEvent",
@@ -26,9 +48,15 @@ def audit_event(*, interaction: str, status: int, now_us: int, client_id: str, c
         "action": ACTIONS.get(interaction, "E"),
         "recorded": instant(now_us),
         "outcome": outcome_code(status),
-        "agent": [{"who": {"identifier": {"system": "urn:terminhub:client", "value": client_id},
-                           "display": client_name},
-                   "requestor": True}],
+        "agent": [
+            {
+                "who": {
+                    "identifier": {"system": "urn:terminhub:client", "value": client_id},
+                    "display": client_name,
+                },
+                "requestor": True,
+            }
+        ],
         "source": {"observer": {"display": system_name}},
     }
     if description:

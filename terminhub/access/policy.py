@@ -51,8 +51,10 @@ class Policy:
         """403 when the role may not search this type (third parties read by id only)."""
         self.check_read(resource_type)
         if self.role == "third-party":
-            raise FhirError("forbidden", f"The role third-party may not search {resource_type}; "
-                                         "use $termine_suchen to find Slots.")
+            raise FhirError(
+                "forbidden",
+                f"The role third-party may not search {resource_type}; use $termine_suchen to find Slots.",
+            )
 
     def _may_read(self, resource_type: str) -> bool:
         role = self.role
@@ -87,8 +89,9 @@ class Policy:
             in_mine = _refs_from("Appointment", "patient", mine)
             return created.union(in_mine)
         if resource_type == "AppointmentResponse":
-            return select(S.c.id).where(S.c.type == "AppointmentResponse", S.c.param == "appointment",
-                                        S.c.ref_id.in_(mine))
+            return select(S.c.id).where(
+                S.c.type == "AppointmentResponse", S.c.param == "appointment", S.c.ref_id.in_(mine)
+            )
         return select(R.c.id).where(false())
 
     # -- writing -------------------------------------------------------------------------------------
@@ -102,7 +105,9 @@ class Policy:
         if resource_type in DEFINITIONS:
             raise FhirError("method-not-allowed", f"{resource_type} resources are defined by the server.")
         if resource_type == "ServiceRequest" and is_referral(resource):
-            raise FhirError("method-not-allowed", "Referral codes are issued and changed by their operations only.")
+            raise FhirError(
+                "method-not-allowed", "Referral codes are issued and changed by their operations only."
+            )
         if self.role == "admin":
             return
         if interaction == "update-as-create":
@@ -116,13 +121,18 @@ class Policy:
 
     def _may_write(self, resource_type: str, interaction: str) -> bool:
         if self.role == "scheduling-client":
-            return (resource_type == "Patient" and interaction in ("create", "update")) or (
-                resource_type == "AppointmentResponse" and interaction == "create")
+            return (
+                (resource_type == "Patient" and interaction in ("create", "update"))
+                or (resource_type == "Appointment" and interaction == "update")
+                or (resource_type == "AppointmentResponse" and interaction == "create")
+            )
         if self.role == "practice":
-            return (resource_type == "Schedule" and interaction in ("create", "update")) or (
-                resource_type == "Slot" and interaction in ("create", "delete")) or (
-                resource_type == "Appointment" and interaction == "update") or (
-                resource_type == "AppointmentResponse" and interaction == "create")
+            return (
+                (resource_type == "Schedule" and interaction in ("create", "update"))
+                or (resource_type == "Slot" and interaction in ("create", "delete"))
+                or (resource_type == "Appointment" and interaction == "update")
+                or (resource_type == "AppointmentResponse" and interaction == "create")
+            )
         return False
 
     @property
@@ -134,7 +144,8 @@ class Policy:
 def is_referral(resource: dict | None) -> bool:
     if not resource:
         return False
-    return any(i.get("system") == REFERRAL_SYSTEM for i in resource.get("identifier") or [] if isinstance(i, dict))
+    identifiers = resource.get("identifier") or []
+    return any(isinstance(i, dict) and i.get("system") == REFERRAL_SYSTEM for i in identifiers)
 
 
 def _refs_from(source: str, param: str, ids: Select) -> Select:
@@ -149,8 +160,12 @@ def _ids_referring(source: str, param: str, targets: Select) -> Select:
 
 def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     """The practice scope chain of 2.2, as a query over the index (reused by every face)."""
-    organizations = select(S.c.id).where(S.c.type == "Organization", S.c.param == "identifier",
-                                         S.c.system == BSNR_SYSTEM, S.c.code.in_(list(bsnrs) or ["-"]))
+    organizations = select(S.c.id).where(
+        S.c.type == "Organization",
+        S.c.param == "identifier",
+        S.c.system == BSNR_SYSTEM,
+        S.c.code.in_(list(bsnrs) or ["-"]),
+    )
     if resource_type == "Organization":
         return organizations
     locations = _ids_referring("Location", "organization", organizations)
@@ -163,9 +178,12 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     }
     if resource_type in chain:
         return chain[resource_type]
-    schedules = select(S.c.id).where(S.c.type == "Schedule", S.c.param == "actor",
-                                     ((S.c.ref_type == "PractitionerRole") & S.c.ref_id.in_(roles))
-                                     | ((S.c.ref_type == "Location") & S.c.ref_id.in_(locations)))
+    schedules = select(S.c.id).where(
+        S.c.type == "Schedule",
+        S.c.param == "actor",
+        ((S.c.ref_type == "PractitionerRole") & S.c.ref_id.in_(roles))
+        | ((S.c.ref_type == "Location") & S.c.ref_id.in_(locations)),
+    )
     if resource_type == "Schedule":
         return schedules
     slots = _ids_referring("Slot", "schedule", schedules)

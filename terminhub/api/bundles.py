@@ -20,24 +20,34 @@ def full_url(base: str, stored: Stored) -> str:
     return f"{base}/{stored.type}/{stored.id}"
 
 
-def searchset(base: str, request: SearchRequest, result: SearchResult, now_us: int,
-              outcome: dict | None = None) -> dict:
+def searchset(
+    base: str, request: SearchRequest, result: SearchResult, now_us: int, outcome: dict | None = None
+) -> dict:
     """A searchset Bundle with self/next/previous links that repeat the parameters used."""
     bundle: dict = {"resourceType": "Bundle", "type": "searchset", "meta": {"lastUpdated": instant(now_us)}}
     if result.total is not None:
         bundle["total"] = result.total
     url = f"{base}/{request.resource_type}"
     params = [(k, v) for k, v in request.echo if k != "page"]
-    links = [{"relation": "self", "url": _link(url, request.echo if not request.cursor else params, request.cursor)}]
+    links = [
+        {
+            "relation": "self",
+            "url": _link(url, request.echo if not request.cursor else params, request.cursor),
+        }
+    ]
     if result.next_cursor:
         links.append({"relation": "next", "url": _link(url, params, result.next_cursor)})
     if result.prev_cursor:
         links.append({"relation": "previous", "url": _link(url, params, result.prev_cursor)})
     bundle["link"] = links
-    entries = [{"fullUrl": full_url(base, s), "resource": embed(s), "search": {"mode": "match"}}
-               for s in result.matches]
-    entries += [{"fullUrl": full_url(base, s), "resource": embed(s), "search": {"mode": "include"}}
-                for s in result.includes]
+    entries = [
+        {"fullUrl": full_url(base, s), "resource": embed(s), "search": {"mode": "match"}}
+        for s in result.matches
+    ]
+    entries += [
+        {"fullUrl": full_url(base, s), "resource": embed(s), "search": {"mode": "include"}}
+        for s in result.includes
+    ]
     if outcome:
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     if entries:
@@ -60,13 +70,19 @@ def history(base: str, versions: list[Stored], now_us: int, self_url: str, total
         if v.content:
             entry["resource"] = embed(v)
         method = v.method or "PUT"
-        entry["request"] = {"method": method,
-                            "url": v.type if method == "POST" else f"{v.type}/{v.id}"}
-        entry["response"] = {"status": {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}[method],
-                             "etag": v.etag, "lastModified": instant(v.last_updated)}
+        entry["request"] = {"method": method, "url": v.type if method == "POST" else f"{v.type}/{v.id}"}
+        entry["response"] = {
+            "status": {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}[method],
+            "etag": v.etag,
+            "lastModified": instant(v.last_updated),
+        }
         entries.append(entry)
-    bundle: dict = {"resourceType": "Bundle", "type": "history", "meta": {"lastUpdated": instant(now_us)},
-                    "link": [{"relation": "self", "url": self_url}]}
+    bundle: dict = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "meta": {"lastUpdated": instant(now_us)},
+        "link": [{"relation": "self", "url": self_url}],
+    }
     if total is not None:
         bundle["total"] = total
     if entries:

@@ -15,6 +15,12 @@ from terminhub.store import schema
 from terminhub.store.repository import Actor, Repository, Stored
 from terminhub.store.search import SearchEngine
 
+# A Bundle's entries run through the single-request handlers, which label the request for its AuditEvent
+# (`interaction`, `audit_entity`); once a request is a Bundle, it keeps its own label: one AuditEvent with
+# action E for the whole request.
+BUNDLE_INTERACTIONS = frozenset({"transaction", "batch"})
+AUDIT_LABELS = frozenset({"interaction", "audit_entity"})
+
 
 @dataclass
 class Reply:
@@ -40,10 +46,16 @@ class Context:
     audit_entity: str | None = None
     interaction: str = "read"
 
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in AUDIT_LABELS and self.__dict__.get("interaction") in BUNDLE_INTERACTIONS:
+            return
+        super().__setattr__(name, value)
+
     def __post_init__(self) -> None:
         self.policy = Policy(self.caller)
-        self.repo = Repository(self.conn, self.clock, self.tz,
-                               Actor(self.caller.client_id, self.caller.role, self.caller.name))
+        self.repo = Repository(
+            self.conn, self.clock, self.tz, Actor(self.caller.client_id, self.caller.role, self.caller.name)
+        )
 
     @property
     def base(self) -> str:

@@ -26,8 +26,9 @@ from terminhub.api.context import Context, Reply
 from terminhub.clock import Clock
 from terminhub.config import Settings
 from terminhub.fhir import capability, media
-from terminhub.fhir.outcome import FhirError, operation_outcome
+from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.searchparams import RESOURCE_TYPES
+from terminhub.fhir.validation import valid_id
 from terminhub.store.database import Database
 from terminhub.store.repository import Actor, Repository
 
@@ -70,11 +71,13 @@ class FhirEndpoint:
 
     async def __call__(self, request: Request) -> Response:
         params = list(parse_qsl(request.url.query, keep_blank_values=True))
+        segments = [s for s in request.path_params.get("path", "").split("/") if s]
         try:
             fmt = media.response_format(_first(params, "_format"), request.headers.get("accept"))
         except FhirError as exc:
+            caller = await self.identify(request)
+            await run_in_threadpool(self.audit_refusal, caller, request.method, segments, exc)
             return self.render(Reply(exc.status, exc.outcome(), exc.headers), "json")
-        segments = [s for s in request.path_params.get("path", "").split("/") if s]
         try:
             public = self.public_reply(request.method, segments, params)
             if public is not None:
@@ -83,14 +86,14 @@ class FhirEndpoint:
         except FhirError as exc:
             await run_in_threadpool(self.audit_refusal, None, request.method, segments, exc)
             return self.render(Reply(exc.status, exc.outcome(), exc.headers), fmt)
+        content_type = request.headers.get("content-type")
         try:
             body = await _read_body(request)
+            if request.method == "POST" and segments and segments[-1] == "_search":
+                params = params + _form_params(body, content_type)
         except FhirError as exc:
             await run_in_threadpool(self.audit_refusal, caller, request.method, segments, exc)
             return self.render(Reply(exc.status, exc.outcome(), exc.headers), fmt)
-        content_type = request.headers.get("content-type")
-        if request.method == "POST" and segments and segments[-1] == "_search":
-            params = params + _form_params(body, content_type)
         call = Call(request.method, segments, params, body, content_type, dict(request.headers))
         reply = await run_in_threadpool(self.execute, caller, call, fmt)
         return self.render(reply, fmt, pretty=_first(params, "_pretty") == "true")
@@ -99,20 +102,36 @@ class FhirEndpoint:
     async def authenticate(self, request: Request) -> Caller:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        unauthorized = FhirError("unauthorized", "A valid bearer token is required.",
-                                 headers={"WWW-Authenticate": 'Bearer realm="terminhub"'})
+        unauthorized = FhirError(
+            "unauthorized",
+            "A valid bearer token is required.",
+            headers={"WWW-Authenticate": 'Bearer realm="terminhub"'},
+        )
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized
         try:
             client_id = self.tokens.verify(token.strip())
         except InvalidToken as exc:
-            raise FhirError("unauthorized", "The bearer token is invalid or expired.",
-                            headers={"WWW-Authenticate": 'Bearer realm="terminhub", error="invalid_token"'}) from exc
+            raise FhirError(
+                "unauthorized",
+                "The bearer token is invalid or expired.",
+                headers={"WWW-Authenticate": 'Bearer realm="terminhub", error="invalid_token"'},
+            ) from exc
         client = await run_in_threadpool(self.clients.get, self.db, client_id, time.monotonic())
         if client is None or client.disabled:
-            raise FhirError("unauthorized", "The client of this token is disabled or unknown.",
-                            headers={"WWW-Authenticate": 'Bearer realm="terminhub", error="invalid_token"'})
+            raise FhirError(
+                "unauthorized",
+                "The client of this token is disabled or unknown.",
+                headers={"WWW-Authenticate": 'Bearer realm="terminhub", error="invalid_token"'},
+            )
         return Caller(client.client_id, client.role, client.name, tuple(client.bsnrs))
+
+    async def identify(self, request: Request) -> Caller | None:
+        """The caller of a request refused before authentication, for its AuditEvent (None: unknown)."""
+        try:
+            return await self.authenticate(request)
+        except FhirError:
+            return None
 
     def public_reply(self, method: str, segments: list[str], params: list[tuple[str, str]]) -> Reply | None:
         """metadata and the server's own definitions need no token."""
@@ -126,11 +145,20 @@ class FhirEndpoint:
                 return Reply(200, found)
             items = capability.definitions(segments[0], self.settings)
             wanted = dict(params)
-            items = [d for d in items if all(str(d.get(k)) == v for k, v in wanted.items() if k in ("url", "code"))]
-            entries = [{"fullUrl": f"{self.settings.fhir_base}/{d['resourceType']}/{d['id']}", "resource": d,
-                        "search": {"mode": "match"}} for d in items]
-            return Reply(200, {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
-                               "entry": entries})
+            items = [
+                d for d in items if all(str(d.get(k)) == v for k, v in wanted.items() if k in ("url", "code"))
+            ]
+            entries = [
+                {
+                    "fullUrl": f"{self.settings.fhir_base}/{d['resourceType']}/{d['id']}",
+                    "resource": d,
+                    "search": {"mode": "match"},
+                }
+                for d in items
+            ]
+            return Reply(
+                200, {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+            )
         return None
 
     def execute(self, caller: Caller, call: Call, fmt: str) -> Reply:
@@ -142,8 +170,16 @@ class FhirEndpoint:
                 if self.settings.test_clock:
                     clock.refresh(conn)
                 prefer = _prefer(call.headers.get("prefer", ""))
-                ctx = Context(self.settings, conn, clock, self.tz, caller, fmt,
-                              prefer.get("return", "representation"), prefer.get("handling") == "strict")
+                ctx = Context(
+                    self.settings,
+                    conn,
+                    clock,
+                    self.tz,
+                    caller,
+                    fmt,
+                    prefer.get("return", "representation"),
+                    prefer.get("handling") == "strict",
+                )
                 reply = self.route(ctx, call)
                 if ctx.repo.changes:
                     self.write_audit(ctx.repo, caller, ctx.interaction, reply.status, ctx.audit_entity)
@@ -193,8 +229,9 @@ class FhirEndpoint:
             return rest.vread(ctx, resource_type, seg[1], seg[3])
         raise FhirError("method-not-allowed", f"{method} /{'/'.join(seg)} is not supported.")
 
-    def operation(self, ctx: Context, resource_type: str | None, name: str, call: Call,
-                  instance: str | None = None) -> Reply:
+    def operation(
+        self, ctx: Context, resource_type: str | None, name: str, call: Call, instance: str | None = None
+    ) -> Reply:
         ctx.interaction = "operation"
         handler = OPERATIONS.get((resource_type, name))
         if handler is None:
@@ -204,28 +241,56 @@ class FhirEndpoint:
         return handler(ctx, call)
 
     # -- audit ---------------------------------------------------------------------------------------
-    def write_audit(self, repo: Repository, caller: Caller | None, interaction: str, status: int,
-                    entity: str | None, description: str | None = None) -> None:
-        event = audit_event(interaction=interaction, status=status, now_us=repo.clock.now_us(),
-                            client_id=caller.client_id if caller else "anonymous",
-                            client_name=caller.name if caller else "anonymous", entity=entity,
-                            system_name=self.settings.system_name, description=description)
+    def write_audit(
+        self,
+        repo: Repository,
+        caller: Caller | None,
+        interaction: str,
+        status: int,
+        entity: str | None,
+        description: str | None = None,
+    ) -> None:
+        event = audit_event(
+            interaction=interaction,
+            status=status,
+            now_us=repo.clock.now_us(),
+            client_id=caller.client_id if caller else "anonymous",
+            client_name=caller.name if caller else "anonymous",
+            entity=entity,
+            system_name=self.settings.system_name,
+            description=description,
+        )
         repo.save("AuditEvent", event)
 
-    def audit_refusal(self, caller: Caller | None, method: str, segments: list[str], exc: FhirError,
-                      ctx: Context | None = None) -> None:
+    def audit_refusal(
+        self,
+        caller: Caller | None,
+        method: str,
+        segments: list[str],
+        exc: FhirError,
+        ctx: Context | None = None,
+    ) -> None:
         """A refused call leaves one AuditEvent and nothing else."""
         if exc.status >= 500:
             log.error("server error: %s", exc.text)
-        interaction = ctx.interaction if ctx else {"GET": "read", "POST": "create", "PUT": "update",
-                                                   "DELETE": "delete"}.get(method, "operation")
+        interaction = (
+            ctx.interaction
+            if ctx
+            else {"GET": "read", "POST": "create", "PUT": "update", "DELETE": "delete"}.get(
+                method, "operation"
+            )
+        )
         entity = ctx.audit_entity if ctx else ("/".join(segments[:2]) if segments else None)
         try:
             with self.db.transaction(write=True) as conn:
                 clock = Clock()
                 if self.settings.test_clock:
                     clock.refresh(conn)
-                actor = Actor(caller.client_id, caller.role, caller.name) if caller else Actor("anonymous", "none", "")
+                actor = (
+                    Actor(caller.client_id, caller.role, caller.name)
+                    if caller
+                    else Actor("anonymous", "none", "")
+                )
                 repo = Repository(conn, clock, self.tz, actor)
                 self.write_audit(repo, caller, interaction, exc.status, _safe_entity(entity), exc.text)
         except Exception:  # noqa: BLE001 - auditing must never turn a 4xx into a 500
@@ -290,7 +355,7 @@ def _safe_entity(entity: str | None) -> str | None:
     if not entity:
         return None
     parts = entity.split("/")
-    if parts[0] not in RESOURCE_TYPES or len(parts) > 2 or any(p.startswith(("$", "_")) for p in parts[1:]):
+    if parts[0] not in RESOURCE_TYPES or len(parts) > 2 or not all(valid_id(p) for p in parts[1:]):
         return parts[0] if parts[0] in RESOURCE_TYPES else None
     return "/".join(parts)
 

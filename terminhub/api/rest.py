@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from terminhub.api import bundles
 from terminhub.api.context import Context, Reply
-from terminhub.api.references import check_appointment_slot, check_references
+from terminhub.api.references import check_house_rules, check_references
 from terminhub.clock import instant
 from terminhub.fhir.outcome import FhirError, information, operation_outcome
 from terminhub.fhir.search_request import parse_search
@@ -17,6 +17,19 @@ from terminhub.store import schema
 from terminhub.store.repository import Stored
 
 MAX_HISTORY = 1000
+MAX_VERSION = 2**31 - 1  # version ids are 32-bit integers in both databases
+
+
+def known_id(resource_type: str, resource_id: str) -> None:
+    """An id that is no FHIR id names nothing: 404 before it reaches a query (NUL breaks PostgreSQL)."""
+    if not valid_id(resource_id):
+        raise FhirError("not-found", f"No {resource_type} has this id: it is not a valid FHIR id.")
+
+
+def check_params(params: list[tuple[str, str]]) -> None:
+    """Search parameters with a NUL character are refused: no stored value holds one."""
+    if any("\x00" in name or "\x00" in value for name, value in params):
+        raise FhirError("invalid", "Search parameters may not contain NUL characters.")
 
 
 def stored_reply(ctx: Context, stored: Stored, status: int = 200, *, location: bool = False) -> Reply:
@@ -26,7 +39,8 @@ def stored_reply(ctx: Context, stored: Stored, status: int = 200, *, location: b
     if ctx.prefer_return == "minimal":
         return Reply(status, None, headers)
     if ctx.prefer_return == "OperationOutcome":
-        return Reply(status, information(f"{stored.type}/{stored.id} version {stored.version_id} stored."), headers)
+        text = f"{stored.type}/{stored.id} version {stored.version_id} stored."
+        return Reply(status, information(text), headers)
     return Reply(status, stored.content, headers)
 
 
@@ -39,14 +53,16 @@ def _http_date(us: int) -> str:
 # -- read --------------------------------------------------------------------------------------------
 def read(ctx: Context, resource_type: str, resource_id: str) -> Reply:
     ctx.policy.check_read(resource_type)
+    known_id(resource_type, resource_id)
     stored = ctx.load_visible(resource_type, resource_id)
     return Reply(200, stored.content, {"ETag": stored.etag, "Last-Modified": _http_date(stored.last_updated)})
 
 
 def vread(ctx: Context, resource_type: str, resource_id: str, version: str) -> Reply:
     ctx.policy.check_read(resource_type)
+    known_id(resource_type, resource_id)
     ctx.load_visible(resource_type, resource_id) if ctx.policy.scope(resource_type) is not None else None
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()) or int(version) > MAX_VERSION:
         raise FhirError("not-found", f"{resource_type}/{resource_id} has no version {version}.")
     stored = ctx.repo.vread(resource_type, resource_id, int(version))
     if stored is None:
@@ -70,11 +86,18 @@ def prepare(ctx: Context, resource_type: str, resource: dict, deferred: list[dic
 def check_written(ctx: Context, resource: dict) -> None:
     if ctx.policy.checks_references:
         check_references(ctx, resource)
-    check_appointment_slot(ctx, resource)
+    check_house_rules(ctx, resource)
 
 
-def create(ctx: Context, resource_type: str, resource: dict, if_none_exist: str | None = None, *,
-           resource_id: str | None = None, deferred: list[dict] | None = None) -> Reply:
+def create(
+    ctx: Context,
+    resource_type: str,
+    resource: dict,
+    if_none_exist: str | None = None,
+    *,
+    resource_id: str | None = None,
+    deferred: list[dict] | None = None,
+) -> Reply:
     ctx.interaction = "create"
     ctx.audit_entity = resource_type
     ctx.policy.check_write(resource_type, "create", resource)
@@ -96,11 +119,13 @@ def conditional_match(ctx: Context, resource_type: str, query: str) -> Stored | 
     """If-None-Exist: the one match the caller can see, None for none, 412 for several."""
     ctx.policy.check_search(resource_type)
     params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    check_params(params)
     if not params:
         raise FhirError("invalid", "If-None-Exist needs search parameters.")
     request = parse_search(resource_type, params, strict=True)
     request.count = 2
     request.page = None
+    request.default_active = False
     request.includes, request.revincludes = [], []
     matches = ctx.engine().run(request).matches
     if len(matches) > 1:
@@ -108,8 +133,15 @@ def conditional_match(ctx: Context, resource_type: str, query: str) -> Stored | 
     return matches[0] if matches else None
 
 
-def update(ctx: Context, resource_type: str, resource_id: str, resource: dict, if_match: str | None, *,
-           deferred: list[dict] | None = None) -> Reply:
+def update(
+    ctx: Context,
+    resource_type: str,
+    resource_id: str,
+    resource: dict,
+    if_match: str | None,
+    *,
+    deferred: list[dict] | None = None,
+) -> Reply:
     ctx.interaction = "update"
     ctx.audit_entity = f"{resource_type}/{resource_id}"
     if resource.get("resourceType") != resource_type:
@@ -120,6 +152,7 @@ def update(ctx: Context, resource_type: str, resource_id: str, resource: dict, i
         raise FhirError("invalid", f"{resource_id} is not a valid FHIR id.")
     current = ctx.repo.get(resource_type, resource_id)
     exists = current is not None and not current.deleted
+    ctx.interaction = "update" if exists else "create"
     ctx.policy.check_write(resource_type, "update" if exists else "update-as-create", resource)
     if exists and not ctx.visible(resource_type, resource_id):
         raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
@@ -144,6 +177,7 @@ def delete(ctx: Context, resource_type: str, resource_id: str) -> Reply:
     ctx.interaction = "delete"
     ctx.audit_entity = f"{resource_type}/{resource_id}"
     ctx.policy.check_write(resource_type, "delete")
+    known_id(resource_type, resource_id)
     current = ctx.repo.get(resource_type, resource_id)
     if current is None:
         raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
@@ -161,12 +195,16 @@ def search(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> R
     ctx.interaction = "search"
     ctx.audit_entity = resource_type
     ctx.policy.check_search(resource_type)
+    check_params(params)
     request = parse_search(resource_type, params, strict=ctx.strict)
     result = ctx.engine().run(request)
     outcome = None
     if request.unknown:
-        outcome = operation_outcome("invalid", "Unknown search parameters were ignored: "
-                                    + ", ".join(request.unknown), issue_code="not-supported")
+        outcome = operation_outcome(
+            "invalid",
+            "Unknown search parameters were ignored: " + ", ".join(request.unknown),
+            issue_code="not-supported",
+        )
         outcome["issue"][0]["severity"] = "warning"
     bundle = bundles.searchset(ctx.base, request, result, ctx.clock.now_us(), outcome)
     return Reply(200, bundle)
@@ -176,6 +214,7 @@ def search(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> R
 def instance_history(ctx: Context, resource_type: str, resource_id: str, params: dict[str, str]) -> Reply:
     ctx.interaction = "history"
     ctx.policy.check_read(resource_type)
+    known_id(resource_type, resource_id)
     current = ctx.repo.get(resource_type, resource_id)
     if current is None or (not current.deleted and not ctx.visible(resource_type, resource_id)):
         raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
@@ -183,8 +222,10 @@ def instance_history(ctx: Context, resource_type: str, resource_id: str, params:
         raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
     V = schema.resource_versions
     query = select(V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
-        V.c.type == resource_type, V.c.id == resource_id)
-    return _history_reply(ctx, resource_type, query, params, f"{ctx.base}/{resource_type}/{resource_id}/_history")
+        V.c.type == resource_type, V.c.id == resource_id
+    )
+    url = f"{ctx.base}/{resource_type}/{resource_id}/_history"
+    return _history_reply(ctx, resource_type, query, params, url)
 
 
 def type_history(ctx: Context, resource_type: str | None, params: dict[str, str]) -> Reply:
@@ -219,11 +260,33 @@ def _history_reply(ctx: Context, resource_type: str | None, query, params: dict[
         count = min(int(params.get("_count", "100")), MAX_HISTORY)
     except ValueError as exc:
         raise FhirError("invalid", "_count must be a whole number.") from exc
+    if count < 0:
+        raise FhirError("invalid", "_count must not be negative.")
     total = ctx.conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     rows = ctx.conn.execute(query.order_by(V.c.last_updated.desc(), V.c.version_id.desc()).limit(count))
-    versions = [Stored(getattr(row, "type", resource_type), row.id, row.version_id, row.last_updated,
-                       row.method == "DELETE", row.content, method=row.method) for row in rows]
+    versions = [
+        Stored(
+            getattr(row, "type", resource_type),
+            row.id,
+            row.version_id,
+            row.last_updated,
+            row.method == "DELETE",
+            row.content,
+            method=row.method,
+        )
+        for row in rows
+    ]
     return Reply(200, bundles.history(ctx.base, versions, ctx.clock.now_us(), url, total))
 
 
-__all__ = ["read", "vread", "create", "update", "delete", "search", "instance_history", "type_history", "instant"]
+__all__ = [
+    "read",
+    "vread",
+    "create",
+    "update",
+    "delete",
+    "search",
+    "instance_history",
+    "type_history",
+    "instant",
+]

@@ -12,8 +12,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
 from terminhub.api import rest
 from terminhub.api.context import Context, Reply
+from terminhub.api.references import references
 from terminhub.clock import instant
 from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.searchparams import RESOURCE_TYPES
@@ -29,17 +32,28 @@ def process(ctx: Context, bundle: dict, route: Callable[[Context, Any], Reply]) 
     kind = bundle.get("type")
     if kind not in ("batch", "transaction"):
         raise FhirError("invalid", "The Bundle type must be batch or transaction.")
-    validate(bundle, "Bundle")
+    validate(_without_resources(bundle), "Bundle")
     entries = bundle.get("entry") or []
-    for index, entry in enumerate(entries):
-        _check_entry(entry, index)
     ctx.audit_entity = None
     if kind == "transaction":
+        for index, entry in enumerate(entries):
+            _check_entry(entry, index)
         return _transaction(ctx, entries, route)
     return _batch(ctx, entries, route)
 
 
+def _without_resources(bundle: dict) -> dict:
+    """The Bundle to validate as such: entry resources are validated entry by entry, as single requests are,
+    so that a batch answers an invalid resource in that entry only."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        return bundle
+    return {**bundle, "entry": [{k: v for k, v in entry.items() if k != "resource"} for entry in entries]}
+
+
 def _check_entry(entry: dict, index: int) -> None:
+    if not isinstance(entry, dict):
+        raise FhirError("invalid", f"Entry {index + 1} is not a Bundle entry.")
     request = entry.get("request") or {}
     method, url = request.get("method"), request.get("url")
     if method not in ORDER or not url:
@@ -53,9 +67,10 @@ def _check_entry(entry: dict, index: int) -> None:
 
 def _transaction(ctx: Context, entries: list[dict], route: Callable) -> Reply:
     ids = _assign_ids(ctx, entries)
-    for entry in entries:
+    for index, entry in enumerate(entries):
         if "resource" in entry:
             entry["resource"] = _rewrite(entry["resource"], ids)
+            _check_resolved(entry["resource"], index)
     responses: list[dict | None] = [None] * len(entries)
     deferred: list[dict] = []
     for index in sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]]):
@@ -70,48 +85,75 @@ def _transaction(ctx: Context, entries: list[dict], route: Callable) -> Reply:
 
 
 def _batch(ctx: Context, entries: list[dict], route: Callable) -> Reply:
-    responses = []
-    for index in sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]]):
+    """Each entry on its own, in its own savepoint: a refused entry answers with its error only."""
+    responses: list[dict | None] = [None] * len(entries)
+    runnable = []
+    for index, entry in enumerate(entries):
+        try:
+            _check_entry(entry, index)
+            runnable.append(index)
+        except FhirError as exc:
+            responses[index] = _error_entry(exc)
+    for index in sorted(runnable, key=lambda i: ORDER[entries[i]["request"]["method"]]):
+        written = len(ctx.repo.changes)
         try:
             with ctx.conn.begin_nested():
                 deferred: list[dict] = []
-                response = _run(ctx, entries[index], {}, route, deferred)
+                if entries[index]["request"]["method"] == "POST":
+                    _assign_id(ctx, entries[index])
+                responses[index] = _run(ctx, entries[index], {}, route, deferred)
                 for resource in deferred:
                     rest.check_written(ctx, resource)
         except FhirError as exc:
-            response = {"response": {"status": str(exc.status), "outcome": exc.outcome()}}
-        responses.append((index, response))
-    responses.sort(key=lambda pair: pair[0])
-    return Reply(200, {"resourceType": "Bundle", "type": "batch-response", "entry": [r for _, r in responses]})
+            del ctx.repo.changes[written:]  # rolled back with its savepoint: nothing to record
+            responses[index] = _error_entry(exc)
+    return Reply(200, {"resourceType": "Bundle", "type": "batch-response", "entry": responses})
+
+
+def _error_entry(exc: FhirError) -> dict:
+    return {"response": {"status": str(exc.status), "outcome": exc.outcome()}}
 
 
 def _assign_ids(ctx: Context, entries: list[dict]) -> dict[str, str]:
     """`urn:uuid:` fullUrls of created resources → `Type/id` (existing id where ifNoneExist matches)."""
     ids: dict[str, str] = {}
     for entry in entries:
-        request, resource = entry["request"], entry.get("resource") or {}
+        request = entry["request"]
         full_url = entry.get("fullUrl") or ""
         if request["method"] != "POST":
             if request["method"] == "PUT" and full_url.startswith("urn:uuid:"):
                 ids[full_url] = urlsplit(request["url"]).path
             continue
-        resource_type = resource.get("resourceType", "")
-        new_id = None
-        if request.get("ifNoneExist"):
-            existing = rest.conditional_match(ctx, resource_type, request["ifNoneExist"])
-            if existing is not None:
-                new_id = existing.id
-                entry["_existing"] = existing
-        entry["_id"] = new_id or str(uuid.uuid4())
+        _assign_id(ctx, entry)
         if full_url.startswith("urn:uuid:") or full_url.startswith("urn:oid:"):
-            ids[full_url] = f"{resource_type}/{entry['_id']}"
+            ids[full_url] = f"{entry['resource'].get('resourceType', '')}/{entry['_id']}"
     return ids
+
+
+def _assign_id(ctx: Context, entry: dict) -> None:
+    """The id a POST entry will have: a new one, or the existing match of its ifNoneExist."""
+    if_none_exist = entry["request"].get("ifNoneExist")
+    existing = None
+    if if_none_exist:
+        existing = rest.conditional_match(ctx, entry["resource"].get("resourceType", ""), if_none_exist)
+    if existing is not None:
+        entry["_existing"] = existing
+    entry["_id"] = existing.id if existing is not None else str(uuid.uuid4())
+
+
+def _check_resolved(resource: dict, index: int) -> None:
+    """A `urn:uuid:` reference left after rewriting names no entry of the Bundle: the Bundle is broken."""
+    for reference in references(resource):
+        if reference.startswith(("urn:uuid:", "urn:oid:")):
+            raise FhirError("invalid", f"Entry {index + 1}: {reference} names no entry of this Bundle.")
 
 
 def _rewrite(node: Any, ids: dict[str, str]) -> Any:
     if isinstance(node, dict):
-        return {k: (ids.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, ids))
-                for k, v in node.items()}
+        return {
+            k: (ids.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, ids))
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_rewrite(item, ids) for item in node]
     return node
@@ -131,14 +173,16 @@ def _run(ctx: Context, entry: dict, ids: dict[str, str], route: Callable, deferr
             raise FhirError("invalid", f"POST {request['url']} must name a type only.")
         if "_existing" in entry:
             return _entry_response(ctx, rest.stored_reply(ctx, entry.pop("_existing"), 200))
-        reply = rest.create(ctx, resource_type, entry["resource"], None, resource_id=entry.pop("_id"),
-                            deferred=deferred)
+        reply = rest.create(
+            ctx, resource_type, entry["resource"], None, resource_id=entry.pop("_id"), deferred=deferred
+        )
         return _entry_response(ctx, reply)
     if method == "PUT":
         if len(segments) != 2:
             raise FhirError("invalid", f"PUT {request['url']} must name Type/id.")
-        reply = rest.update(ctx, resource_type, segments[1], entry["resource"], request.get("ifMatch"),
-                            deferred=deferred)
+        reply = rest.update(
+            ctx, resource_type, segments[1], entry["resource"], request.get("ifMatch"), deferred=deferred
+        )
         return _entry_response(ctx, reply)
     if method == "DELETE":
         if len(segments) != 2:
@@ -148,8 +192,11 @@ def _run(ctx: Context, entry: dict, ids: dict[str, str], route: Callable, deferr
 
     call = Call("GET", segments, list(parse_qsl(parts.query, keep_blank_values=True)), b"", None, {})
     reply = route(ctx, call)
-    return {"resource": reply.body, "response": {"status": "200 OK", **({"etag": reply.headers["ETag"]}
-                                                                          if "ETag" in reply.headers else {})}}
+    response: dict = {"status": STATUS_TEXT.get(reply.status, str(reply.status))}
+    if "ETag" in reply.headers:
+        response["etag"] = reply.headers["ETag"]
+    body = orjson.Fragment(reply.body) if isinstance(reply.body, bytes) else reply.body  # a read: stored JSON
+    return {"resource": body, "response": response} if body is not None else {"response": response}
 
 
 def _entry_response(ctx: Context, reply: Reply) -> dict:
@@ -161,11 +208,9 @@ def _entry_response(ctx: Context, reply: Reply) -> dict:
     entry: dict = {}
     if reply.body is not None:
         if isinstance(reply.body, bytes):
-            import orjson
-
             entry["resource"] = orjson.Fragment(reply.body)
-            stored = orjson.loads(reply.body)
-            response["lastModified"] = stored.get("meta", {}).get("lastUpdated") or instant(ctx.clock.now_us())
+            meta = orjson.loads(reply.body).get("meta", {})
+            response["lastModified"] = meta.get("lastUpdated") or instant(ctx.clock.now_us())
         else:
             response["outcome"] = reply.body
     entry["response"] = response

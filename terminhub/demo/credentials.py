@@ -26,8 +26,12 @@ def ensure_demo_clients(db: Database, path: Path, practice_bsnr: str | None) -> 
         for role in ("admin", "practice", "referrer", "third-party", "scheduling-client"):
             bsnrs = (bsnr,) if role in ("practice", "referrer") else ()
             client, secret = add_client(conn, name=f"demo {role}", role=role, bsnrs=bsnrs, now_us=now)
-            created[role] = {"client_id": client.client_id, "client_secret": secret, "role": role,
-                             "bsnr": list(bsnrs)}
+            created[role] = {
+                "client_id": client.client_id,
+                "client_secret": secret,
+                "role": role,
+                "bsnr": list(bsnrs),
+            }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(created, indent=2))
     path.chmod(0o600)

@@ -29,8 +29,17 @@ def directory(practice: PracticePlan, settings: DemoSettings) -> Iterator[dict]:
         "id": f"org-{key}",
         "identifier": [{"system": BSNR_SYSTEM, "value": practice.bsnr}],
         "active": True,
-        "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
-                              "code": "prov", "display": "Healthcare Provider"}]}],
+        "type": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                        "code": "prov",
+                        "display": "Healthcare Provider",
+                    }
+                ]
+            }
+        ],
         "name": practice.name,
         "telecom": phone,
         "address": [_address(practice)],
@@ -67,8 +76,10 @@ def directory(practice: PracticePlan, settings: DemoSettings) -> Iterator[dict]:
             "id": f"pract-{key}-{doctor.number}",
             "identifier": [{"system": ANR_SYSTEM, "value": doctor.anr}],
             "active": True,
-            "name": [{"use": "official", "family": doctor.family, "given": [doctor.given]}
-                     | ({"prefix": ["Dr. med."]} if doctor.doctor else {})],
+            "name": [
+                {"use": "official", "family": doctor.family, "given": [doctor.given]}
+                | ({"prefix": ["Dr. med."]} if doctor.doctor else {})
+            ],
             "gender": doctor.gender,
         }
         yield _role(practice, f"role-{key}-{doctor.number}", doctor)
@@ -111,12 +122,16 @@ def _schedule(practice: PracticePlan, doctor: DoctorPlan, settings: DemoSettings
 def _role(practice: PracticePlan, role_id: str, doctor: DoctorPlan | None) -> dict:
     role: dict = {"resourceType": "PractitionerRole", "id": role_id, "active": True}
     if doctor is not None:
-        role["practitioner"] = {"reference": f"Practitioner/pract-{practice.key}-{doctor.number}",
-                                "display": doctor.display}
+        role["practitioner"] = {
+            "reference": f"Practitioner/pract-{practice.key}-{doctor.number}",
+            "display": doctor.display,
+        }
     role |= {
-        "organization": {"reference": f"Organization/org-{practice.key}",
-                         "identifier": {"system": BSNR_SYSTEM, "value": practice.bsnr},
-                         "display": practice.name},
+        "organization": {
+            "reference": f"Organization/org-{practice.key}",
+            "identifier": {"system": BSNR_SYSTEM, "value": practice.bsnr},
+            "display": practice.name,
+        },
         "location": [{"reference": f"Location/loc-{practice.key}"}],
         "healthcareService": [{"reference": f"HealthcareService/hs-{practice.key}"}],
         "specialty": [_fachgebiet(practice)],
@@ -131,8 +146,14 @@ def _fachgebiet(practice: PracticePlan) -> dict:
 
 
 def _address(practice: PracticePlan) -> dict:
-    return {"use": "work", "type": "both", "line": [practice.street], "city": practice.city.name,
-            "postalCode": practice.postal_code, "country": "DE"}
+    return {
+        "use": "work",
+        "type": "both",
+        "line": [practice.street],
+        "city": practice.city.name,
+        "postalCode": practice.postal_code,
+        "country": "DE",
+    }
 
 
 def _available_time(doctors: tuple[DoctorPlan, ...]) -> list[dict]:
@@ -143,8 +164,10 @@ def _available_time(doctors: tuple[DoctorPlan, ...]) -> list[dict]:
             for window in windows:
                 days_by_window.setdefault(window, set()).add(weekday)
     return [
-        {"daysOfWeek": [_DAYS[d] for d in sorted(days)],
-         "availableStartTime": f"{start // 60:02d}:{start % 60:02d}:00",
-         "availableEndTime": f"{end // 60:02d}:{end % 60:02d}:00"}
+        {
+            "daysOfWeek": [_DAYS[d] for d in sorted(days)],
+            "availableStartTime": f"{start // 60:02d}:{start % 60:02d}:00",
+            "availableEndTime": f"{end // 60:02d}:{end % 60:02d}:00",
+        }
         for (start, end), days in sorted(days_by_window.items())
     ]

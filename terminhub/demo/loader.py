@@ -24,7 +24,9 @@ def has_data(db: Database) -> bool:
         return conn.execute(select(r.c.id).where(r.c.type == "Organization").limit(1)).first() is not None
 
 
-def load(db: Database, settings: DemoSettings, timezone: str, progress: Callable[[int], None] | None = None) -> int:
+def load(
+    db: Database, settings: DemoSettings, timezone: str, progress: Callable[[int], None] | None = None
+) -> int:
     """Write every demo resource (as admin would: stored as generated); returns how many."""
     tz = ZoneInfo(timezone)
     written = 0

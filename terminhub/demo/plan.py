@@ -144,14 +144,24 @@ def plan(settings: DemoSettings) -> list[PracticePlan]:
             week = _week(rng, morning, day_off)
             video = rng.choice([i for i in range(5) if week[i]]) if rng.random() < 0.25 else None
             restricted = schedule_count % _RESTRICTED_EVERY[0] == _RESTRICTED_EVERY[1]
-            doctors.append(DoctorPlan(
-                number=d, given=given, family=family, gender="female" if female else "male",
-                doctor=rng.random() < 0.85, anr=anr,
-                schedule_name=rng.choice(fach.schedule_names), slot_minutes=rng.choice(fach.slot_minutes),
-                week=week, video_weekday=video,
-                requires_confirmation=schedule_count % _CONFIRMATION_EVERY[0] == _CONFIRMATION_EVERY[1],
-                bookable_by=_RESTRICTED_TO[schedule_count // _RESTRICTED_EVERY[0] % 2] if restricted else (),
-            ))
+            doctors.append(
+                DoctorPlan(
+                    number=d,
+                    given=given,
+                    family=family,
+                    gender="female" if female else "male",
+                    doctor=rng.random() < 0.85,
+                    anr=anr,
+                    schedule_name=rng.choice(fach.schedule_names),
+                    slot_minutes=rng.choice(fach.slot_minutes),
+                    week=week,
+                    video_weekday=video,
+                    requires_confirmation=schedule_count % _CONFIRMATION_EVERY[0] == _CONFIRMATION_EVERY[1],
+                    bookable_by=_RESTRICTED_TO[schedule_count // _RESTRICTED_EVERY[0] % 2]
+                    if restricted
+                    else (),
+                )
+            )
             schedule_count += 1
         key = f"{number:0{width}d}"
         practices.append(

@@ -99,17 +99,26 @@ def operation_url(op: Operation, settings: Settings) -> str:
 
 # 116117 clients page by number; terminhub defines it (contract 2, Paging).
 PAGE_PARAM = SearchParam(
-    "page", "number",
+    "page",
+    "number",
     description="Page number, 1-based: page N holds matches (N-1)*_count+1 ... N*_count of the current data; "
-                "beyond the last page the Bundle has no entries and no next link.",
+    "beyond the last page the Bundle has no entries and no next link.",
     own=True,
 )
 PAGE_PARAM_ID = "Resource-page"
 
 # The table's kinds by the R4 SearchParamType they are declared with.
-_KIND_TO_R4 = {"number": "number", "token": "token", "reference": "reference", "date": "date",
-               "string": "string", "uri": "uri", "special": "special", "quantity": "quantity",
-               "composite": "composite"}
+_KIND_TO_R4 = {
+    "number": "number",
+    "token": "token",
+    "reference": "reference",
+    "date": "date",
+    "string": "string",
+    "uri": "uri",
+    "special": "special",
+    "quantity": "quantity",
+    "composite": "composite",
+}
 # The table marks parameters "special" when the engine matches them in its own way; on the wire these
 # are HL7's token parameters and are declared as such.
 _R4_TYPE_OVERRIDES: dict[tuple[str, str], str] = {
@@ -132,8 +141,11 @@ _HL7_IDS: dict[tuple[str, str], str] = {
 }
 _COMMON_DEFINITIONS = {
     "_id": ("token", HL7_SEARCH_PARAMETER + "Resource-id", "Logical id of the resource"),
-    "_lastUpdated": ("date", HL7_SEARCH_PARAMETER + "Resource-lastUpdated",
-                     "When the resource version last changed"),
+    "_lastUpdated": (
+        "date",
+        HL7_SEARCH_PARAMETER + "Resource-lastUpdated",
+        "When the resource version last changed",
+    ),
 }
 
 
@@ -255,8 +267,9 @@ def operation_definition(op: Operation, settings: Settings) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def definitions(resource_type: str, settings: Settings, *, url: str | None = None,
-                code: str | None = None) -> list[dict]:
+def definitions(
+    resource_type: str, settings: Settings, *, url: str | None = None, code: str | None = None
+) -> list[dict]:
     """All OperationDefinitions or SearchParameters this server serves, optionally filtered by the
     ``url`` and ``code`` search parameters declared for them; [] for any other type."""
     if resource_type == "OperationDefinition":
@@ -295,10 +308,14 @@ def _search_params(resource_type: str, settings: Settings) -> list[dict]:
         entries[name] = _search_param_entry(name, definition, r4_type, doc)
     for p in searchparams.PARAMS.get(resource_type, {}).values():
         entries[p.name] = _search_param_entry(
-            p.name, search_parameter_definition(resource_type, p, settings), r4_search_type(resource_type, p),
-            p.description)
+            p.name,
+            search_parameter_definition(resource_type, p, settings),
+            r4_search_type(resource_type, p),
+            p.description,
+        )
     entries[PAGE_PARAM.name] = _search_param_entry(
-        PAGE_PARAM.name, own_parameter_url(PAGE_PARAM_ID, settings), "number", PAGE_PARAM.description)
+        PAGE_PARAM.name, own_parameter_url(PAGE_PARAM_ID, settings), "number", PAGE_PARAM.description
+    )
     return list(entries.values())
 
 
@@ -336,8 +353,11 @@ def _resource_entry(resource_type: str, settings: Settings) -> dict:
         "searchInclude": [f"{resource_type}:{name}" for name in searchparams.INCLUDES.get(resource_type, ())],
         "searchRevInclude": _rev_includes(resource_type),
         "searchParam": _search_params(resource_type, settings),
-        "operation": [_operation_entry(op, settings) for op in OPERATIONS.values()
-                      if resource_type in op.resource and (op.type or op.instance)],
+        "operation": [
+            _operation_entry(op, settings)
+            for op in OPERATIONS.values()
+            if resource_type in op.resource and (op.type or op.instance)
+        ],
     }
     if resource_type in SERVER_WRITTEN:
         entry["documentation"] = "Written by the server only; create, update and delete answer 405."
@@ -346,8 +366,12 @@ def _resource_entry(resource_type: str, settings: Settings) -> dict:
 
 def _definition_entry(resource_type: str, settings: Settings) -> dict:
     params = [
-        _search_param_entry(p.name, search_parameter_definition(resource_type, p, settings),
-                            r4_search_type(resource_type, p), p.description)
+        _search_param_entry(
+            p.name,
+            search_parameter_definition(resource_type, p, settings),
+            r4_search_type(resource_type, p),
+            p.description,
+        )
         for p in searchparams.PARAMS.get(resource_type, {}).values()
     ]
     entry: dict = {
@@ -365,17 +389,22 @@ def capability_statement(settings: Settings, software_version: str, published: s
     base = _base(settings)
     security = {
         "cors": True,
-        "service": [{
-            "coding": [{"system": SECURITY_SERVICE_SYSTEM, "code": "SMART-on-FHIR",
-                        "display": "SMART-on-FHIR"}],
-            "text": "OAuth2 client credentials (SMART Backend Services style)",
-        }],
-        "extension": [{
-            "url": OAUTH_URIS,
-            "extension": [{"url": "token", "valueUri": f"{base}/auth/token"}],
-        }],
+        "service": [
+            {
+                "coding": [
+                    {"system": SECURITY_SERVICE_SYSTEM, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}
+                ],
+                "text": "OAuth2 client credentials (SMART Backend Services style)",
+            }
+        ],
+        "extension": [
+            {
+                "url": OAUTH_URIS,
+                "extension": [{"url": "token", "valueUri": f"{base}/auth/token"}],
+            }
+        ],
         "description": "Every call except metadata and the definitions needs a Bearer token from "
-                       f"{base}/auth/token (grant_type=client_credentials).",
+        f"{base}/auth/token (grant_type=client_credentials).",
     }
     rest: dict = {
         "mode": "server",
@@ -399,7 +428,7 @@ def capability_statement(settings: Settings, software_version: str, published: s
         "date": published,
         "publisher": "terminhub",
         "description": "Appointment booking: slots, holds, bookings and referral codes "
-                       "(116117, HL7 Austria).",
+        "(116117, HL7 Austria).",
         "kind": "instance",
         "software": {"name": "terminhub", "version": software_version},
         "implementation": {"description": settings.system_name, "url": settings.fhir_base},

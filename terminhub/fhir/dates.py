@@ -35,12 +35,15 @@ def parse_range(value: str, tz: ZoneInfo) -> tuple[int, int]:
             start = date(year, month, day)
         except ValueError as exc:
             raise DateError(f"not a valid date: {value}") from exc
-        if m[3]:
-            end = start + timedelta(days=1)
-        elif m[2]:
-            end = date(year + (month == 12), month % 12 + 1, 1)
-        else:
-            end = date(year + 1, 1, 1)
+        try:
+            if m[3]:
+                end = start + timedelta(days=1)
+            elif m[2]:
+                end = date(year + (month == 12), month % 12 + 1, 1)
+            else:
+                end = date(year + 1, 1, 1)
+        except (ValueError, OverflowError):  # the last day, month or year of 9999: open-ended
+            return _local_midnight(start, tz), MAX_US
         return _local_midnight(start, tz), _local_midnight(end, tz)
     m = _DATETIME.match(value)
     if not m:

@@ -67,13 +67,13 @@ def parse_resource(body: bytes, content_type: str | None) -> dict:
         raise FhirError("too-large", "The request body is larger than 50 MB.")
     fmt = format_of(content_type or "application/fhir+json")
     if fmt is None:
-        raise FhirError("unsupported-media-type", f"A body of type {_bare(content_type or '')} is not supported; "
-                                                  "send FHIR JSON or XML.")
+        text = f"A body of type {_bare(content_type or '')} is not supported; send FHIR JSON or XML."
+        raise FhirError("unsupported-media-type", text)
     if not body.strip():
         raise FhirError("invalid", "The request body is empty.")
     if fmt == "json":
         try:
-            data = orjson.loads(body)
+            data = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))  # a UTF-8 byte order mark may be ignored
         except orjson.JSONDecodeError as exc:
             raise FhirError("invalid", "The body is not valid JSON.", diagnostics=str(exc)) from exc
     else:

@@ -35,8 +35,16 @@ ERRORS: dict[str, tuple[int, str]] = {
 class FhirError(Exception):
     """A refusal: rendered as an OperationOutcome with the contract's status and code."""
 
-    def __init__(self, code: str, text: str, *, diagnostics: str | None = None, status: int | None = None,
-                 headers: dict[str, str] | None = None, issue_code: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        text: str,
+        *,
+        diagnostics: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        issue_code: str | None = None,
+    ) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
@@ -47,12 +55,20 @@ class FhirError(Exception):
         self.headers = headers or {}
 
     def outcome(self) -> dict:
-        return operation_outcome(self.code, self.text, status=self.status, diagnostics=self.diagnostics,
-                                 issue_code=self.issue_code)
+        return operation_outcome(
+            self.code, self.text, status=self.status, diagnostics=self.diagnostics, issue_code=self.issue_code
+        )
 
 
-def operation_outcome(code: str, text: str, *, status: int = 400, diagnostics: str | None = None,
-                      issue_code: str | None = None, severity: str | None = None) -> dict:
+def operation_outcome(
+    code: str,
+    text: str,
+    *,
+    status: int = 400,
+    diagnostics: str | None = None,
+    issue_code: str | None = None,
+    severity: str | None = None,
+) -> dict:
     issue: dict = {
         "severity": severity or ("fatal" if status >= 500 else "error"),
         "code": issue_code or ERRORS.get(code, (status, "processing"))[1],
@@ -65,5 +81,7 @@ def operation_outcome(code: str, text: str, *, status: int = 400, diagnostics: s
 
 def information(text: str) -> dict:
     """An OperationOutcome that reports success (for `Prefer: return=OperationOutcome` and operations)."""
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "information", "code": "informational", "details": {"text": text}}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational", "details": {"text": text}}],
+    }

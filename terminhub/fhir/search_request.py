@@ -12,6 +12,7 @@ from terminhub.fhir.outcome import FhirError
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
+MAX_PAGE = 10**12  # beyond any data; keeps (page - 1) * _count inside the databases' 64-bit OFFSET
 MODIFIERS = {"missing", "not", "exact", "contains", "identifier", "text", "below", "above", "iterate"}
 
 
@@ -34,10 +35,13 @@ class SearchRequest:
     page: int | None = None
     cursor: dict | None = None
     total: bool = False
-    includes: list[tuple[str, str, str | None, bool]] = field(default_factory=list)  # (type, param, target, iterate)
+    # (type, param, target, iterate)
+    includes: list[tuple[str, str, str | None, bool]] = field(default_factory=list)
     revincludes: list[tuple[str, str, str | None, bool]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     echo: list[tuple[str, str]] = field(default_factory=list)  # parameters used, for links
+    # HealthcareService and Schedule searches without `active` return only active-or-absent ones (contract 2)
+    default_active: bool = True
 
 
 def parse_search(resource_type: str, params: list[tuple[str, str]], *, strict: bool) -> SearchRequest:
@@ -45,7 +49,10 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, strict: b
     request = SearchRequest(resource_type)
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
-        if raw_name in ("_format", "_pretty", "_summary", "_elements"):
+        if raw_name in ("_format", "_pretty"):  # honoured by the endpoint; links repeat them
+            request.echo.append((raw_name, value))
+            continue
+        if raw_name in ("_summary", "_elements"):
             continue
         if name == "_cursor":
             request.cursor = decode_cursor(value)
@@ -54,7 +61,7 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, strict: b
         if name == "_count":
             request.count = min(_non_negative_int(raw_name, value), MAX_COUNT)
         elif name == "page":
-            request.page = _non_negative_int(raw_name, value) or 1
+            request.page = min(_non_negative_int(raw_name, value), MAX_PAGE) or 1
         elif name == "_total":
             request.total = value == "accurate"
         elif name == "_sort":
@@ -65,7 +72,8 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, strict: b
             if modifier and modifier not in MODIFIERS and not modifier[:1].isupper():
                 raise FhirError("invalid", f"Unknown modifier :{modifier} on search parameter {name}.")
             values = tuple(v for v in _split_or(value))
-            request.criteria.append(Criterion(name, modifier or None, values, searchparams.param(resource_type, name)))
+            param = searchparams.param(resource_type, name)
+            request.criteria.append(Criterion(name, modifier or None, values, param))
         else:
             if strict:
                 raise FhirError("invalid", f"Unknown search parameter {raw_name} for {resource_type}.")
@@ -110,7 +118,9 @@ def _parse_sort(resource_type: str, value: str) -> list[tuple[str, bool]]:
         descending = item.startswith("-")
         name = item.lstrip("-")
         if name not in allowed:
-            raise FhirError("invalid", f"Cannot sort {resource_type} by {name}; sortable: {', '.join(sorted(allowed))}.")
+            raise FhirError(
+                "invalid", f"Cannot sort {resource_type} by {name}; sortable: {', '.join(sorted(allowed))}."
+            )
         result.append((name, descending))
     return result
 

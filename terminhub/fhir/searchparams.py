@@ -27,13 +27,27 @@ class SearchParam:
     extra: dict = field(default_factory=dict)
 
 
-def _p(name: str, kind: str, *paths: str, targets: tuple[str, ...] = (), sortable: bool = False,
-       description: str = "", own: bool = False) -> SearchParam:
+def _p(
+    name: str,
+    kind: str,
+    *paths: str,
+    targets: tuple[str, ...] = (),
+    sortable: bool = False,
+    description: str = "",
+    own: bool = False,
+) -> SearchParam:
     return SearchParam(name, kind, tuple(paths), targets, description, own, sortable)
 
 
-_ACTOR_TYPES = ("Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Device", "HealthcareService",
-                "Location")
+_ACTOR_TYPES = (
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "RelatedPerson",
+    "Device",
+    "HealthcareService",
+    "Location",
+)
 
 PARAMS: dict[str, dict[str, SearchParam]] = {}
 
@@ -46,16 +60,40 @@ _define(
     "Slot",
     _p("schedule", "reference", "schedule", targets=("Schedule",), description="The Schedule of the Slot"),
     _p("start", "date", "start", sortable=True, description="Appointment date/time"),
-    _p("status", "token", "status", description="free | busy | busy-unavailable | busy-tentative | entered-in-error"),
-    _p("service-type", "special", "serviceType", description="A service the Slot offers (own or its Schedule's)"),
-    _p("specialty", "special", "specialty", description="A specialty the Slot offers (own or its Schedule's)"),
+    _p(
+        "status",
+        "token",
+        "status",
+        description="free | busy | busy-unavailable | busy-tentative | entered-in-error",
+    ),
+    _p(
+        "service-type",
+        "special",
+        "serviceType",
+        description="A service the Slot offers (own or its Schedule's)",
+    ),
+    _p(
+        "specialty", "special", "specialty", description="A specialty the Slot offers (own or its Schedule's)"
+    ),
     _p("identifier", "token", "identifier"),
     _p("appointment-type", "token", "appointmentType"),
 )
 _define(
     "Schedule",
-    _p("actor", "reference", "actor", targets=("Practitioner", "PractitionerRole", "Location", "HealthcareService",
-                                               "Patient", "Device", "RelatedPerson")),
+    _p(
+        "actor",
+        "reference",
+        "actor",
+        targets=(
+            "Practitioner",
+            "PractitionerRole",
+            "Location",
+            "HealthcareService",
+            "Patient",
+            "Device",
+            "RelatedPerson",
+        ),
+    ),
     _p("active", "token", "active"),
     _p("date", "date", "planningHorizon", sortable=True),
     _p("service-type", "token", "serviceType"),
@@ -166,15 +204,40 @@ _define("OperationDefinition", _p("url", "uri", "url"), _p("code", "token", "cod
 _define("SearchParameter", _p("url", "uri", "url"), _p("code", "token", "code"))
 
 RESOURCE_TYPES: tuple[str, ...] = (
-    "Organization", "Location", "Practitioner", "PractitionerRole", "HealthcareService", "Schedule", "Slot",
-    "Appointment", "AppointmentResponse", "Patient", "ServiceRequest", "Provenance", "AuditEvent",
+    "Organization",
+    "Location",
+    "Practitioner",
+    "PractitionerRole",
+    "HealthcareService",
+    "Schedule",
+    "Slot",
+    "Appointment",
+    "AppointmentResponse",
+    "Patient",
+    "ServiceRequest",
+    "Provenance",
+    "AuditEvent",
 )
 
 # Parameters every type accepts, handled by the search engine itself.
 COMMON = ("_id", "_lastUpdated")
-RESULT_PARAMS = frozenset({"_count", "page", "_cursor", "_sort", "_total", "_include", "_revinclude",
-                           "_include:iterate", "_revinclude:iterate", "_format", "_summary", "_elements",
-                           "_pretty"})
+RESULT_PARAMS = frozenset(
+    {
+        "_count",
+        "page",
+        "_cursor",
+        "_sort",
+        "_total",
+        "_include",
+        "_revinclude",
+        "_include:iterate",
+        "_revinclude:iterate",
+        "_format",
+        "_summary",
+        "_elements",
+        "_pretty",
+    }
+)
 
 INCLUDES: dict[str, tuple[str, ...]] = {
     "Slot": ("schedule",),

@@ -1,4 +1,11 @@
-"""Validation on write: R4 structure, required elements and value types (fhir.resources models)."""
+"""Validation on write: R4 structure, required elements and value types (fhir.resources models).
+
+The pydantic models are lenient where FHIR JSON is not: they would take `"active": "yes"` for true, `"2"`
+for an integer, and codes outside their required value set. So the JSON types of primitives, the codes
+of required bindings and the offsets of dateTimes (2.4) are checked first, walking the resource along
+the structure metadata of `terminhub.fhir.structure`. Strings may not hold control characters (FHIR
+forbids them; XML and PostgreSQL cannot carry NUL).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,16 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from terminhub.fhir import structure
 from terminhub.fhir.outcome import FhirError
+from terminhub.fhir.structure import BOOLEAN, COMPLEX, DECIMAL, INTEGER, RESOURCE, ElementDef
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+_WITH_TIME = frozenset({"dateTime", "instant"})
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")  # FHIR strings: no code points below 32 but tab, CR, LF
+MAX_DEPTH = 64  # elements nested deeper are refused before anything recurses on them
+_JSON_TYPE = {BOOLEAN: "true or false", INTEGER: "a whole number", DECIMAL: "a number"}
 
 
 @cache
@@ -29,27 +42,107 @@ def validate(resource: dict, resource_type: str | None = None) -> None:
     actual = resource.get("resourceType")
     if resource_type and actual != resource_type:
         raise FhirError("invalid", f"The body is a {actual}, expected {resource_type}.")
+    if not isinstance(actual, str) or not structure.is_resource_type(actual):
+        raise FhirError("invalid", f"Unknown resource type {actual}.")
     try:
         model = _model(actual)
     except (KeyError, ValueError, AttributeError) as exc:
         raise FhirError("invalid", f"Unknown resource type {actual}.") from exc
-    _check_times(resource, actual)
+    _check_elements(resource, actual, actual, 0)
     try:
         model.model_validate(resource)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise FhirError("invalid", f"The {actual} is not valid FHIR R4.", diagnostics=problems) from exc
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise FhirError("invalid", f"The {actual} is not valid FHIR R4.", diagnostics=str(exc)[:500]) from exc
 
 
-def _check_times(node: Any, path: str) -> None:
-    """A dateTime with a time must carry an offset (2.4)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            _check_times(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for item in node:
-            _check_times(item, path)
-    elif isinstance(node, str) and _LOCAL_TIME.match(node):
+def _check_elements(node: dict, type_name: str, path: str, depth: int) -> None:
+    """Primitives of their JSON type, codes of required bindings, dateTimes with an offset, not too deep.
+
+    Unknown elements and wrong shapes (a list for a single element, ...) are left to the model.
+    """
+    if depth > MAX_DEPTH:
+        raise FhirError("invalid", f"{path}: the resource is nested too deeply.")
+    tdef = structure.type_def(type_name)
+    for key, value in node.items():
+        element = tdef.by_name.get(key)
+        if element is None and key.startswith("_") and isinstance(tdef.json_keys.get(key), ElementDef):
+            _check_items(value, "Element", f"{path}.{key}", depth)  # a primitive's id and extensions
+            continue
+        if element is None or value is None:
+            continue
+        items = value if element.is_list and isinstance(value, list) else [value]
+        for item in items:
+            if item is not None:
+                _check_value(item, element, f"{path}.{key}", type_name, depth)
+
+
+def _check_items(value: Any, type_name: str, path: str, depth: int) -> None:
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict):
+            _check_elements(item, type_name, path, depth + 1)
+
+
+def _check_value(item: Any, element: ElementDef, path: str, owner: str, depth: int) -> None:
+    kind = element.kind
+    if kind == COMPLEX:
+        if isinstance(item, dict):
+            _check_elements(item, element.fhir_type, path, depth + 1)
+        return
+    if kind == RESOURCE:
+        nested = item.get("resourceType") if isinstance(item, dict) else None
+        if isinstance(nested, str) and structure.is_resource_type(nested):
+            _check_elements(item, nested, f"{path}({nested})", depth + 1)
+        return
+    if kind == BOOLEAN:
+        ok = isinstance(item, bool)
+    elif kind == INTEGER:
+        ok = isinstance(item, int) and not isinstance(item, bool)
+    elif kind == DECIMAL:
+        ok = isinstance(item, int | float) and not isinstance(item, bool)
+    else:
+        ok = isinstance(item, str)
+    if not ok:
+        expected = _JSON_TYPE.get(kind, "a string")
+        raise FhirError(
+            "invalid", f"{path} must be {expected} ({element.fhir_type}), not {_json_name(item)}."
+        )
+    if isinstance(item, str) and _CONTROL.search(item):
+        raise FhirError("invalid", f"{path} holds a control character, which FHIR strings may not contain.")
+    if element.fhir_type in _WITH_TIME and _LOCAL_TIME.match(item):
         raise FhirError("invalid", f"{path}: a dateTime with a time must carry a UTC offset.")
+    allowed = _required_codes(owner).get(element.name)
+    if allowed is not None and item not in allowed:
+        raise FhirError(
+            "invalid", f"{path}: {item!r} is not one of the allowed codes ({', '.join(sorted(allowed))})."
+        )
+
+
+@cache
+def _required_codes(type_name: str) -> dict[str, frozenset[str]]:
+    """Element name -> the codes of its required binding, as the models list them."""
+    fields = _model(type_name).model_fields
+    codes = {}
+    for key, field in fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("enum_values"):
+            codes[field.alias or key] = frozenset(extra["enum_values"])
+    return codes
+
+
+def _json_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"

@@ -14,7 +14,7 @@ from terminhub.fhir.outcome import FhirError
 from terminhub.store import schema
 
 KEEP_US = 24 * 3600 * 1_000_000
-_KEY = re.compile(r"^[\x21-\x7e]{1,64}$")
+_KEY = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Remembered:
 
 
 def check_key(key: str) -> str:
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise FhirError("invalid", "Idempotency-Key must be 1–64 visible ASCII characters.")
     return key
 
@@ -41,8 +41,11 @@ def request_hash(*parts: bytes | str) -> str:
 def lookup(conn: Connection, client_id: str, key: str, fingerprint: str, now_us: int) -> Remembered | None:
     """The stored first response for this key, None if new; 422 if the key came with another request."""
     t = schema.idempotency
-    row = conn.execute(select(t.c.request_hash, t.c.status, t.c.headers, t.c.body, t.c.created).where(
-        t.c.client_id == client_id, t.c.key == key)).first()
+    row = conn.execute(
+        select(t.c.request_hash, t.c.status, t.c.headers, t.c.body, t.c.created).where(
+            t.c.client_id == client_id, t.c.key == key
+        )
+    ).first()
     if row is None or row.created < now_us - KEEP_US:
         return None
     if row.request_hash != fingerprint:
@@ -50,16 +53,25 @@ def lookup(conn: Connection, client_id: str, key: str, fingerprint: str, now_us:
     return Remembered(row.status, orjson.loads(row.headers), row.body)
 
 
-def remember(conn: Connection, client_id: str, key: str, fingerprint: str, now_us: int,
-             response: Remembered) -> None:
+def remember(
+    conn: Connection, client_id: str, key: str, fingerprint: str, now_us: int, response: Remembered
+) -> None:
     """Keep the first response; a concurrent first use of the same key loses with a conflict."""
     t = schema.idempotency
     conn.execute(delete(t).where(t.c.client_id == client_id, t.c.key == key, t.c.created < now_us - KEEP_US))
     try:
         with conn.begin_nested():
-            conn.execute(insert(t).values(client_id=client_id, key=key, request_hash=fingerprint,
-                                          status=response.status, headers=orjson.dumps(response.headers).decode(),
-                                          body=response.body, created=now_us))
+            conn.execute(
+                insert(t).values(
+                    client_id=client_id,
+                    key=key,
+                    request_hash=fingerprint,
+                    status=response.status,
+                    body=response.body,
+                    created=now_us,
+                    headers=orjson.dumps(response.headers).decode(),
+                )
+            )
     except IntegrityError as exc:
         raise FhirError("conflict", "A request with this Idempotency-Key is being processed.") from exc
 

@@ -86,8 +86,16 @@ def index_rows(resource_type: str, resource_id: str, resource: dict, tz: ZoneInf
 
 
 def _rows_for(param: searchparams.SearchParam, value: Any, tz: ZoneInfo) -> Iterator[dict]:
-    base = {"param": param.name, "system": None, "code": None, "text": None, "lo": None, "hi": None,
-            "ref_type": None, "ref_id": None}
+    base = {
+        "param": param.name,
+        "system": None,
+        "code": None,
+        "text": None,
+        "lo": None,
+        "hi": None,
+        "ref_type": None,
+        "ref_id": None,
+    }
     if param.kind in ("token", "special"):
         for system, code in _tokens(value):
             yield base | {"system": system, "code": code}
@@ -100,14 +108,20 @@ def _rows_for(param: searchparams.SearchParam, value: Any, tz: ZoneInfo) -> Iter
             return
         if target is None and param.targets and value.get("type") not in (None, *param.targets):
             return
-        yield base | {"ref_type": target[0] if target else None, "ref_id": target[1] if target else None,
-                      "system": identifier.get("system"), "code": identifier.get("value")}
+        yield base | {
+            "ref_type": target[0] if target else None,
+            "ref_id": target[1] if target else None,
+            "system": identifier.get("system"),
+            "code": identifier.get("value"),
+        }
     elif param.kind == "date":
         span = _range(value, tz)
         if span:
             yield base | {"lo": span[0], "hi": span[1]}
-    elif param.kind in ("string", "uri") and isinstance(value, str):
-        yield base | {"text": normalise_text(value) if param.kind == "string" else value}
+    elif param.kind == "string" and isinstance(value, str):
+        yield base | {"text": normalise_text(value), "code": value}  # code: as written, for `:exact`
+    elif param.kind == "uri" and isinstance(value, str):
+        yield base | {"text": value}
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:

@@ -30,6 +30,8 @@ def upgrade(db: Database) -> None:
 def ensure_signing_key(db: Database) -> None:
     """One key for every process and host: stored in the database, created once."""
     with db.transaction(write=True) as conn:
-        found = conn.execute(select(schema.settings_kv.c.value).where(schema.settings_kv.c.key == SIGNING_KEY))
+        found = conn.execute(
+            select(schema.settings_kv.c.value).where(schema.settings_kv.c.key == SIGNING_KEY)
+        )
         if found.first() is None:
             conn.execute(schema.settings_kv.insert().values(key=SIGNING_KEY, value=secrets.token_urlsafe(48)))

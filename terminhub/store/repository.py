@@ -86,8 +86,15 @@ class Repository:
         row = self.conn.execute(query).first()
         if row is None:
             return None
-        return Stored(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content,
-                      row.created_by)
+        return Stored(
+            resource_type,
+            resource_id,
+            row.version_id,
+            row.last_updated,
+            row.deleted,
+            row.content,
+            row.created_by,
+        )
 
     def get_many(self, resource_type: str, ids: list[str]) -> list[Stored]:
         if not ids:
@@ -98,8 +105,12 @@ class Repository:
                 r.c.type == resource_type, r.c.id.in_(ids), r.c.deleted.is_(False)
             )
         )
-        return [Stored(resource_type, row.id, row.version_id, row.last_updated, False, row.content,
-                       row.created_by) for row in rows]
+        return [
+            Stored(
+                resource_type, row.id, row.version_id, row.last_updated, False, row.content, row.created_by
+            )
+            for row in rows
+        ]
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored | None:
         v = schema.resource_versions
@@ -110,17 +121,33 @@ class Repository:
         ).first()
         if row is None:
             return None
-        return Stored(resource_type, resource_id, version_id, row.last_updated, row.method == "DELETE",
-                      row.content, method=row.method)
+        return Stored(
+            resource_type,
+            resource_id,
+            version_id,
+            row.last_updated,
+            row.method == "DELETE",
+            row.content,
+            method=row.method,
+        )
 
     # -- the one write path ------------------------------------------------------------------------
-    def save(self, resource_type: str, resource: dict, *, resource_id: str | None = None,
-             if_match: int | None = None, must_exist: bool = False) -> Stored:
+    def save(
+        self,
+        resource_type: str,
+        resource: dict,
+        *,
+        resource_id: str | None = None,
+        if_match: int | None = None,
+        must_exist: bool = False,
+    ) -> Stored:
         """Create or update: stamps meta, keeps history, re-indexes, writes the outbox row."""
         now = self.clock.now_us()
         current = self.get(resource_type, resource_id, for_update=True) if resource_id else None
         if if_match is not None and (current is None or current.deleted or current.version_id != if_match):
-            raise FhirError("version-conflict", "The resource was changed meanwhile (If-Match does not match).")
+            raise FhirError(
+                "version-conflict", "The resource was changed meanwhile (If-Match does not match)."
+            )
         if must_exist and (current is None or current.deleted):
             raise FhirError("not-found", f"{resource_type}/{resource_id} does not exist.")
         resource_id = resource_id or str(uuid.uuid4())
@@ -131,8 +158,16 @@ class Repository:
         self._store(resource_type, resource_id, version, now, content, current)
         self._record(resource_type, resource_id, version, now, method, content)
         self._reindex(resource_type, resource_id, orjson.loads(content))
-        return Stored(resource_type, resource_id, version, now, False, content,
-                      current.created_by if current and not current.deleted else self.actor.client_id, method)
+        return Stored(
+            resource_type,
+            resource_id,
+            version,
+            now,
+            False,
+            content,
+            current.created_by if current and not current.deleted else self.actor.client_id,
+            method,
+        )
 
     def delete(self, resource_type: str, resource_id: str) -> Stored | None:
         """Delete (a new, empty version); None when there was nothing to delete."""
@@ -143,43 +178,79 @@ class Repository:
         version = current.version_id + 1
         r = schema.resources
         self.conn.execute(
-            update(r).where(r.c.type == resource_type, r.c.id == resource_id)
+            update(r)
+            .where(r.c.type == resource_type, r.c.id == resource_id)
             .values(version_id=version, last_updated=now, deleted=True, content=None)
         )
         self._record(resource_type, resource_id, version, now, "DELETE", None)
         self._clear_index(resource_type, resource_id)
         return Stored(resource_type, resource_id, version, now, True, None, method="DELETE")
 
-    def _store(self, resource_type: str, resource_id: str, version: int, now: int, content: bytes,
-               current: Stored | None) -> None:
+    def _store(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        now: int,
+        content: bytes,
+        current: Stored | None,
+    ) -> None:
         r = schema.resources
         if current is None:
             try:
                 with self.conn.begin_nested():
-                    self.conn.execute(insert(r).values(
-                        type=resource_type, id=resource_id, version_id=version, last_updated=now, deleted=False,
-                        content=content, created_by=self.actor.client_id))
+                    self.conn.execute(
+                        insert(r).values(
+                            type=resource_type,
+                            id=resource_id,
+                            version_id=version,
+                            last_updated=now,
+                            deleted=False,
+                            content=content,
+                            created_by=self.actor.client_id,
+                        )
+                    )
             except IntegrityError as exc:
-                raise FhirError("version-conflict", f"{resource_type}/{resource_id} was created meanwhile.") from exc
+                raise FhirError(
+                    "version-conflict", f"{resource_type}/{resource_id} was created meanwhile."
+                ) from exc
             return
         created_by = current.created_by if not current.deleted else self.actor.client_id
         done = self.conn.execute(
-            update(r).where(r.c.type == resource_type, r.c.id == resource_id, r.c.version_id == current.version_id)
-            .values(version_id=version, last_updated=now, deleted=False, content=content, created_by=created_by)
+            update(r)
+            .where(r.c.type == resource_type, r.c.id == resource_id, r.c.version_id == current.version_id)
+            .values(
+                version_id=version, last_updated=now, deleted=False, content=content, created_by=created_by
+            )
         )
         if done.rowcount != 1:
             raise FhirError("version-conflict", f"{resource_type}/{resource_id} was changed meanwhile.")
 
-    def _record(self, resource_type: str, resource_id: str, version: int, now: int, method: str,
-                content: bytes | None) -> None:
-        self.conn.execute(insert(schema.resource_versions).values(
-            type=resource_type, id=resource_id, version_id=version, last_updated=now, method=method,
-            content=content))
+    def _record(
+        self, resource_type: str, resource_id: str, version: int, now: int, method: str, content: bytes | None
+    ) -> None:
+        self.conn.execute(
+            insert(schema.resource_versions).values(
+                type=resource_type,
+                id=resource_id,
+                version_id=version,
+                last_updated=now,
+                method=method,
+                content=content,
+            )
+        )
         self.changes.append(Change(resource_type, resource_id, version, method))
         if resource_type not in NO_OUTBOX:
-            self.conn.execute(insert(schema.outbox).values(
-                recorded=now, resource_type=resource_type, resource_id=resource_id, version_id=version,
-                method=method, client_id=self.actor.client_id))
+            self.conn.execute(
+                insert(schema.outbox).values(
+                    recorded=now,
+                    resource_type=resource_type,
+                    resource_id=resource_id,
+                    version_id=version,
+                    method=method,
+                    client_id=self.actor.client_id,
+                )
+            )
 
     def _reindex(self, resource_type: str, resource_id: str, resource: dict) -> None:
         self._clear_index(resource_type, resource_id)
@@ -188,8 +259,11 @@ class Repository:
             self.conn.execute(insert(schema.search_index), rows)
         pos = position(resource_type, resource)
         if pos:
-            self.conn.execute(insert(schema.positions).values(type=resource_type, id=resource_id, latitude=pos[0],
-                                                              longitude=pos[1]))
+            self.conn.execute(
+                insert(schema.positions).values(
+                    type=resource_type, id=resource_id, latitude=pos[0], longitude=pos[1]
+                )
+            )
 
     def _clear_index(self, resource_type: str, resource_id: str) -> None:
         s, p = schema.search_index, schema.positions

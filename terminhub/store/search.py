@@ -40,6 +40,9 @@ Scope = Callable[[str], Select | None]
 R = schema.resources
 S = schema.search_index
 
+# Searches of these types without an `active` criterion return only those whose `active` is true or absent.
+DEFAULT_ACTIVE = frozenset({"HealthcareService", "Schedule"})
+
 
 @dataclass
 class SearchResult:
@@ -62,7 +65,7 @@ class SearchEngine:
 
     # -- the main query ------------------------------------------------------------------------------
     def run(self, request: SearchRequest) -> SearchResult:
-        where = self.where(request.resource_type, request.criteria)
+        where = self.where(request.resource_type, request.criteria, default_active=request.default_active)
         sort_cols = self._sort_columns(request)
         result = SearchResult(matches=[])
         if request.total or request.count == 0:
@@ -70,7 +73,8 @@ class SearchEngine:
         if request.count == 0:
             return result
         keys = [col for col, _ in sort_cols]
-        query = select(R.c.id, R.c.version_id, R.c.last_updated, R.c.content, R.c.created_by, *keys).where(*where)
+        query = select(R.c.id, R.c.version_id, R.c.last_updated, R.c.content, R.c.created_by, *keys)
+        query = query.where(*where)
         backwards = bool(request.cursor and request.cursor.get("d") == "prev")
         if request.cursor:
             query = query.where(_after(sort_cols, request.cursor["k"], backwards))
@@ -83,8 +87,18 @@ class SearchEngine:
         rows = rows[: request.count]
         if backwards:
             rows.reverse()
-        result.matches = [Stored(request.resource_type, row.id, row.version_id, row.last_updated, False, row.content,
-                                 row.created_by) for row in rows]
+        result.matches = [
+            Stored(
+                request.resource_type,
+                row.id,
+                row.version_id,
+                row.last_updated,
+                False,
+                row.content,
+                row.created_by,
+            )
+            for row in rows
+        ]
         n = len(sort_cols)
         if rows:
             first, last = list(rows[0][-n:]), list(rows[-1][-n:])
@@ -96,13 +110,17 @@ class SearchEngine:
         result.includes = self.includes(request, result.matches)
         return result
 
-    def where(self, resource_type: str, criteria: list[Criterion]) -> list[ColumnElement]:
+    def where(
+        self, resource_type: str, criteria: list[Criterion], *, default_active: bool = True
+    ) -> list[ColumnElement]:
         clauses: list[ColumnElement] = [R.c.type == resource_type, R.c.deleted.is_(False)]
         visible = self.scope(resource_type)
         if visible is not None:
             clauses.append(R.c.id.in_(visible))
         for criterion in criteria:
             clauses.append(self._criterion(resource_type, criterion))
+        if default_active and resource_type in DEFAULT_ACTIVE and all(c.name != "active" for c in criteria):
+            clauses.append(~self._has_token(resource_type, "active", "false"))
         return clauses
 
     def _sort_columns(self, request: SearchRequest) -> list[tuple[ColumnElement, bool]]:
@@ -113,9 +131,11 @@ class SearchEngine:
             elif name == "_id":
                 continue
             else:
-                sub = (select(func.coalesce(func.min(S.c.lo), MAX_US))
-                       .where(S.c.type == request.resource_type, S.c.id == R.c.id, S.c.param == name)
-                       .scalar_subquery())
+                sub = (
+                    select(func.coalesce(func.min(S.c.lo), MAX_US))
+                    .where(S.c.type == request.resource_type, S.c.id == R.c.id, S.c.param == name)
+                    .scalar_subquery()
+                )
                 cols.append((sub.label(f"sort_{len(cols)}"), descending))
         cols.append((R.c.id, any(d for n, d in request.sort if n == "_id")))
         return cols
@@ -143,6 +163,11 @@ class SearchEngine:
     def _has_param(self, resource_type: str, name: str) -> ColumnElement:
         return exists().where(S.c.type == resource_type, S.c.id == R.c.id, S.c.param == name)
 
+    def _has_token(self, resource_type: str, name: str, code: str) -> ColumnElement:
+        return exists().where(
+            S.c.type == resource_type, S.c.id == R.c.id, S.c.param == name, S.c.code == code
+        )
+
     def _value(self, param: searchparams.SearchParam, modifier: str | None, value: str) -> ColumnElement:
         if param.kind == "token" or (param.kind == "reference" and modifier == "identifier"):
             return _token(value)
@@ -153,7 +178,7 @@ class SearchEngine:
         if param.kind == "string":
             text = _like_escape(normalise_text(value))
             if modifier == "exact":
-                return S.c.text == normalise_text(value)
+                return S.c.code == value  # the value as written: case and accents matter
             if modifier == "contains":
                 return S.c.text.like(f"%{text}%", escape="\\")
             return S.c.text.like(f"{text}%", escape="\\")
@@ -162,7 +187,8 @@ class SearchEngine:
         raise FhirError("invalid", f"Search parameter {param.name} cannot be used here.")
 
     def _reference(self, param: searchparams.SearchParam, modifier: str | None, value: str) -> ColumnElement:
-        target = split_reference(value.removeprefix(self.base_url.rstrip("/") + "/fhir/")) if "/" in value else None
+        local = value.removeprefix(self.base_url.rstrip("/") + "/fhir/")
+        target = split_reference(local) if "/" in value else None
         if target:
             ref_type, ref_id = target
         else:
@@ -187,7 +213,9 @@ class SearchEngine:
         own = select(S.c.id).where(S.c.type == "Slot", S.c.param == own_slot_param, matches)
         has_own = select(S.c.id).where(S.c.type == "Slot", S.c.param.in_(("specialty", "service-type")))
         schedules = select(S.c.id).where(S.c.type == "Schedule", S.c.param == schedule_param, matches)
-        slot_refs = select(S.c.id).where(S.c.type == "Slot", S.c.param == "schedule", S.c.ref_id.in_(schedules))
+        slot_refs = select(S.c.id).where(
+            S.c.type == "Slot", S.c.param == "schedule", S.c.ref_id.in_(schedules)
+        )
         inherited = and_(R.c.id.in_(slot_refs), R.c.id.not_in(has_own))
         offered = or_(R.c.id.in_(own), inherited)
         return not_(offered) if c.modifier == "not" else offered
@@ -206,7 +234,7 @@ class SearchEngine:
                 ids = [s.id for s in frontier if s.type == source]
                 if ids:
                     new += self._follow(source, param_name, target, ids, seen)
-            for source, param_name, target, iterate in request.revincludes:
+            for source, param_name, _target, iterate in request.revincludes:
                 if not first_round and not iterate:
                     continue
                 new += self._follow_back(source, param_name, frontier, seen)
@@ -215,10 +243,12 @@ class SearchEngine:
             first_round = False
         return found
 
-    def _follow(self, source: str, param_name: str, target: str | None, ids: list[str],
-                seen: set[tuple[str, str]]) -> list[Stored]:
-        query = select(S.c.ref_type, S.c.ref_id).where(S.c.type == source, S.c.param == param_name, S.c.id.in_(ids),
-                                                       S.c.ref_id.is_not(None))
+    def _follow(
+        self, source: str, param_name: str, target: str | None, ids: list[str], seen: set[tuple[str, str]]
+    ) -> list[Stored]:
+        query = select(S.c.ref_type, S.c.ref_id).where(
+            S.c.type == source, S.c.param == param_name, S.c.id.in_(ids), S.c.ref_id.is_not(None)
+        )
         if target:
             query = query.where(S.c.ref_type == target)
         wanted: dict[str, list[str]] = {}
@@ -228,15 +258,17 @@ class SearchEngine:
                 wanted.setdefault(ref_type, []).append(ref_id)
         return self._load_visible(wanted)
 
-    def _follow_back(self, source: str, param_name: str, frontier: list[Stored],
-                     seen: set[tuple[str, str]]) -> list[Stored]:
+    def _follow_back(
+        self, source: str, param_name: str, frontier: list[Stored], seen: set[tuple[str, str]]
+    ) -> list[Stored]:
         by_type: dict[str, list[str]] = {}
         for s in frontier:
             by_type.setdefault(s.type, []).append(s.id)
         wanted: dict[str, list[str]] = {}
         for ref_type, ids in by_type.items():
-            query = select(S.c.id).where(S.c.type == source, S.c.param == param_name, S.c.ref_type == ref_type,
-                                         S.c.ref_id.in_(ids))
+            query = select(S.c.id).where(
+                S.c.type == source, S.c.param == param_name, S.c.ref_type == ref_type, S.c.ref_id.in_(ids)
+            )
             for (rid,) in self.conn.execute(query):
                 if (source, rid) not in seen:
                     seen.add((source, rid))
@@ -247,13 +279,23 @@ class SearchEngine:
         loaded: list[Stored] = []
         for resource_type, ids in wanted.items():
             query = select(R.c.id, R.c.version_id, R.c.last_updated, R.c.content, R.c.created_by).where(
-                R.c.type == resource_type, R.c.id.in_(ids), R.c.deleted.is_(False))
+                R.c.type == resource_type, R.c.id.in_(ids), R.c.deleted.is_(False)
+            )
             visible = self.scope(resource_type)
             if visible is not None:
                 query = query.where(R.c.id.in_(visible))
             for row in self.conn.execute(query.order_by(R.c.id)):
-                loaded.append(Stored(resource_type, row.id, row.version_id, row.last_updated, False, row.content,
-                                     row.created_by))
+                loaded.append(
+                    Stored(
+                        resource_type,
+                        row.id,
+                        row.version_id,
+                        row.last_updated,
+                        False,
+                        row.content,
+                        row.created_by,
+                    )
+                )
         return loaded
 
 
@@ -319,15 +361,25 @@ def _near(value: str) -> ColumnElement:
     dlat = (distance / ky) + 1e-9
     dlon = (distance / max(kx, 1e-6)) + 1e-9
     dist2 = (P.c.latitude - lat) * (P.c.latitude - lat) * (ky * ky) + (P.c.longitude - lon) * (
-        P.c.longitude - lon) * (kx * kx)
-    inside = select(P.c.id).where(P.c.type == "Location", P.c.latitude.between(lat - dlat, lat + dlat),
-                                  P.c.longitude.between(lon - dlon, lon + dlon), dist2 <= literal(distance * distance))
+        P.c.longitude - lon
+    ) * (kx * kx)
+    inside = select(P.c.id).where(
+        P.c.type == "Location",
+        P.c.latitude.between(lat - dlat, lat + dlat),
+        P.c.longitude.between(lon - dlon, lon + dlon),
+        dist2 <= literal(distance * distance),
+    )
     return R.c.id.in_(inside)
 
 
 def _after(sort_cols: list[tuple[ColumnElement, bool]], keys: list, backwards: bool) -> ColumnElement:
     """Rows strictly after (or before) the cursor's keys in the sort order."""
-    if len(keys) != len(sort_cols):
+    # Sort keys are instants (integers) and the id (a string) last, as run() hands them out.
+    if (
+        len(keys) != len(sort_cols)
+        or not isinstance(keys[-1], str)
+        or any(not isinstance(k, int) or isinstance(k, bool) or abs(k) > MAX_US for k in keys[:-1])
+    ):
         raise FhirError("invalid", "The paging cursor does not belong to this search.")
     clause: ColumnElement = false()
     for i in range(len(sort_cols) - 1, -1, -1):

@@ -30,8 +30,15 @@ AT_HOLD = "http://hl7.at/fhir/TC-FHIR-AG-Scheduling-R5/R5/OperationDefinition/sl
 ALWAYS = {"read", "vread", "history-instance", "history-type", "search-type"}
 WRITES = {"create", "update", "delete"}
 # Independent of the module: the R4 type each kind of the table is declared with.
-EXPECTED_TYPE = {"token": "token", "reference": "reference", "date": "date", "string": "string", "uri": "uri",
-                 "number": "number", "special": "special"}
+EXPECTED_TYPE = {
+    "token": "token",
+    "reference": "reference",
+    "date": "date",
+    "string": "string",
+    "uri": "uri",
+    "number": "number",
+    "special": "special",
+}
 HL7_TOKEN_SPECIALS = {("Slot", "service-type"), ("Slot", "specialty")}
 
 
@@ -60,12 +67,24 @@ def _resource(settings: Settings, resource_type: str) -> dict:
 
 def _sample_op(code: str = "test-hold", **changes: object) -> Operation:
     fields: dict = dict(
-        code=code, name="TestSlotHold", resource=("Slot",), system=False, type=False, instance=True, url=None,
+        code=code,
+        name="TestSlotHold",
+        resource=("Slot",),
+        system=False,
+        type=False,
+        instance=True,
+        url=None,
         description="Hold a Slot for a while (test)",
         parameters=(
             OperationParam("duration", "in", 0, "1", "integer", "minutes"),
-            OperationParam("who", "in", 0, "*", documentation="a tuple",
-                           part=(OperationParam("name", "in", 1, "1", "string"),)),
+            OperationParam(
+                "who",
+                "in",
+                0,
+                "*",
+                documentation="a tuple",
+                part=(OperationParam("name", "in", 1, "1", "string"),),
+            ),
             OperationParam("return", "out", 1, "1", "Slot", "the held Slot"),
         ),
     )
@@ -86,8 +105,15 @@ def sample_op() -> Iterator[Operation]:
 @pytest.fixture
 def more_ops() -> Iterator[list[Operation]]:
     ops = [
-        _sample_op("test-find", name="TestFind", resource=(), system=True, instance=False,
-                   parameters=(OperationParam("return", "out", 1, "1", "Bundle"),), affects_state=False),
+        _sample_op(
+            "test-find",
+            name="TestFind",
+            resource=(),
+            system=True,
+            instance=False,
+            parameters=(OperationParam("return", "out", 1, "1", "Bundle"),),
+            affects_state=False,
+        ),
         _sample_op("test-at-hold", name="TestAtHold", url=AT_HOLD, type=True),
     ]
     for op in ops:
@@ -101,8 +127,13 @@ def more_ops() -> Iterator[list[Operation]]:
 
 @pytest.fixture
 def own_bsnr(monkeypatch: pytest.MonkeyPatch) -> SearchParam:
-    param = SearchParam("test-bsnr", "token", ("participant.actor.identifier",),
-                        description="BSNR of the practice (test)", own=True)
+    param = SearchParam(
+        "test-bsnr",
+        "token",
+        ("participant.actor.identifier",),
+        description="BSNR of the practice (test)",
+        own=True,
+    )
     monkeypatch.setitem(searchparams.PARAMS["Appointment"], param.name, param)
     return param
 
@@ -121,9 +152,9 @@ def test_statement_validates_and_carries_the_basics(settings: Settings) -> None:
     assert orjson.loads(orjson.dumps(cs)) == cs  # plain JSON, nothing a serializer could trip on
 
 
-def test_statement_with_operations_and_own_parameters_validates(settings: Settings, sample_op: Operation,
-                                                                more_ops: list[Operation],
-                                                                own_bsnr: SearchParam) -> None:
+def test_statement_with_operations_and_own_parameters_validates(
+    settings: Settings, sample_op: Operation, more_ops: list[Operation], own_bsnr: SearchParam
+) -> None:
     _validate(_statement(settings))
 
 
@@ -199,8 +230,11 @@ def test_every_table_parameter_is_declared_with_its_type(settings: Settings, res
         else:
             assert by_name[name]["definition"].startswith(HL7), name
     assert by_name["_id"]["type"] == "token" and by_name["_lastUpdated"]["type"] == "date"
-    assert by_name["page"] == {**by_name["page"], "type": "number",
-                               "definition": f"{BASE}/fhir/SearchParameter/Resource-page"}
+    assert by_name["page"] == {
+        **by_name["page"],
+        "type": "number",
+        "definition": f"{BASE}/fhir/SearchParameter/Resource-page",
+    }
     # nothing declared that the table (or the engine's common parameters) does not serve
     assert set(names) == set(searchparams.PARAMS[resource_type]) | set(searchparams.COMMON) | {"page"}
 
@@ -267,8 +301,14 @@ def test_registered_operation_is_declared_on_its_resource(settings: Settings, sa
     assert (od["system"], od["type"], od["instance"], od["affectsState"]) == (False, False, True, True)
     assert od["status"] == "active" and od["kind"] == "operation"
     by_name = {p["name"]: p for p in od["parameter"]}
-    assert by_name["duration"] == {"name": "duration", "use": "in", "min": 0, "max": "1", "type": "integer",
-                                   "documentation": "minutes"}
+    assert by_name["duration"] == {
+        "name": "duration",
+        "use": "in",
+        "min": 0,
+        "max": "1",
+        "type": "integer",
+        "documentation": "minutes",
+    }
     assert by_name["who"]["part"] == [{"name": "name", "use": "in", "min": 1, "max": "1", "type": "string"}]
 
 
@@ -312,8 +352,9 @@ def _check_parameter_types(params: list[dict]) -> None:
         _check_parameter_types(p.get("part", []))
 
 
-def test_every_declared_definition_is_served(settings: Settings, sample_op: Operation,
-                                             more_ops: list[Operation], own_bsnr: SearchParam) -> None:
+def test_every_declared_definition_is_served(
+    settings: Settings, sample_op: Operation, more_ops: list[Operation], own_bsnr: SearchParam
+) -> None:
     rest = _rest(settings)
     declared_ops = list(rest.get("operation", []))
     declared_params = []
@@ -340,6 +381,7 @@ def test_every_declared_definition_is_served(settings: Settings, sample_op: Oper
     # and the other way round: nothing served that the statement does not declare
     assert {sp["url"] for sp in search_parameter_resources(settings)} == own_urls
     assert {od["url"] for od in definitions("OperationDefinition", settings)} == {
-        e["definition"] for e in declared_ops}
+        e["definition"] for e in declared_ops
+    }
     # every registered operation is declared somewhere
     assert {op.code for op in OPERATIONS.values()} <= {e["name"] for e in declared_ops}

@@ -56,8 +56,14 @@ class Server:
     def token(self, role: str) -> str:
         if role not in self._tokens:
             cred = self.credentials[role]
-            reply = httpx.post(self.base_url + "/auth/token", data={
-                "grant_type": "client_credentials", "client_id": cred.client_id, "client_secret": cred.secret})
+            reply = httpx.post(
+                self.base_url + "/auth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": cred.client_id,
+                    "client_secret": cred.secret,
+                },
+            )
             reply.raise_for_status()
             self._tokens[role] = reply.json()["access_token"]
         return self._tokens[role]
@@ -73,33 +79,45 @@ class Server:
         db = Database(self.database_url)
         try:
             with db.transaction(write=True) as conn:
-                client, secret = add_client(conn, name=name, role=role, bsnrs=bsnrs, now_us=time.time_ns() // 1000)
+                client, secret = add_client(
+                    conn, name=name, role=role, bsnrs=bsnrs, now_us=time.time_ns() // 1000
+                )
         finally:
             db.dispose()
         return Credentials(client.client_id, secret, role)
 
     def token_for(self, cred: Credentials) -> str:
-        reply = httpx.post(self.base_url + "/auth/token", data={
-            "grant_type": "client_credentials", "client_id": cred.client_id, "client_secret": cred.secret})
+        reply = httpx.post(
+            self.base_url + "/auth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": cred.client_id,
+                "client_secret": cred.secret,
+            },
+        )
         reply.raise_for_status()
         return reply.json()["access_token"]
 
     def counts(self) -> dict[str, int]:
-        """Row counts of everything a request may change, AuditEvents aside: to prove refusals change nothing."""
+        """Row counts of what a request may change, AuditEvents aside: refusals must change nothing."""
         db = Database(self.database_url)
         r, v, s, o = schema.resources, schema.resource_versions, schema.search_index, schema.outbox
         try:
             with db.transaction() as conn:
                 return {
-                    "resources": conn.execute(select(func.count()).select_from(r).where(r.c.type != "AuditEvent"))
-                    .scalar_one(),
-                    "versions": conn.execute(select(func.count()).select_from(v).where(v.c.type != "AuditEvent"))
-                    .scalar_one(),
-                    "index": conn.execute(select(func.count()).select_from(s).where(s.c.type != "AuditEvent"))
-                    .scalar_one(),
+                    "resources": conn.execute(
+                        select(func.count()).select_from(r).where(r.c.type != "AuditEvent")
+                    ).scalar_one(),
+                    "versions": conn.execute(
+                        select(func.count()).select_from(v).where(v.c.type != "AuditEvent")
+                    ).scalar_one(),
+                    "index": conn.execute(
+                        select(func.count()).select_from(s).where(s.c.type != "AuditEvent")
+                    ).scalar_one(),
                     "outbox": conn.execute(select(func.count()).select_from(o)).scalar_one(),
-                    "max_version": conn.execute(select(func.coalesce(func.sum(r.c.version_id), 0))
-                                                .where(r.c.type != "AuditEvent")).scalar_one(),
+                    "max_version": conn.execute(
+                        select(func.coalesce(func.sum(r.c.version_id), 0)).where(r.c.type != "AuditEvent")
+                    ).scalar_one(),
                 }
         finally:
             db.dispose()
@@ -114,8 +132,14 @@ class Server:
                 proc.kill()
 
 
-def start_server(database_url: str, backend: str, *, workers: int = 1, env: dict[str, str] | None = None,
-                 log_dir: Path | None = None) -> Server:
+def start_server(
+    database_url: str,
+    backend: str,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+) -> Server:
     """Upgrade the database, register one client per role, start `terminhub serve` and wait for it."""
     db = Database(database_url)
     try:
@@ -131,11 +155,22 @@ def start_server(database_url: str, backend: str, *, workers: int = 1, env: dict
         db.dispose()
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    environment = os.environ | {"TERMINHUB_DATABASE_URL": database_url, "TERMINHUB_BASE_URL": base_url,
-                                "TERMINHUB_TEST_CLOCK": "1"} | (env or {})
+    environment = (
+        os.environ
+        | {
+            "TERMINHUB_DATABASE_URL": database_url,
+            "TERMINHUB_BASE_URL": base_url,
+            "TERMINHUB_TEST_CLOCK": "1",
+        }
+        | (env or {})
+    )
     log = open((log_dir or Path("/tmp")) / f"terminhub-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "terminhub", "serve", "--port", str(port),
-                             "--workers", str(workers)], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminhub", "serve", "--port", str(port), "--workers", str(workers)],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     server = Server(database_url, backend, base_url, credentials, [proc])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

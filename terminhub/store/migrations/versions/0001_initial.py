@@ -14,8 +14,16 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-TABLES = ["resources", "resource_versions", "search_index", "positions", "clients", "settings_kv", "outbox",
-          "idempotency"]
+TABLES = [
+    "resources",
+    "resource_versions",
+    "search_index",
+    "positions",
+    "clients",
+    "settings_kv",
+    "outbox",
+    "idempotency",
+]
 
 
 def upgrade() -> None:
