@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 DATABASE ?= sqlite:///var/terminhub.db
 PORT ?= 8080
 export TERMINHUB_DATABASE_URL ?= $(DATABASE)
+export TERMINHUB_BASE_URL ?= http://127.0.0.1:$(PORT)
 
 .PHONY: install run test lint bench clean
 
