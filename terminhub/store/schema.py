@@ -123,3 +123,19 @@ idempotency = Table(
     Column("created", BigInteger, nullable=False),
     Index("ix_idempotency_created", "created"),
 )
+
+
+slot_claims = Table(
+    "slot_claims",
+    metadata,
+    Column("slot_id", String(64), primary_key=True),
+    Column("base_status", String(24), nullable=False),
+    Column("appointment_id", String(64), nullable=True),
+    Column("claim_until", BigInteger, nullable=True),
+    Column("hold_owner", String(64), nullable=True),
+    Column("held_until", BigInteger, nullable=True),
+    Column("hold_renewed", Boolean, nullable=False, default=False),
+    Index("ix_slot_claims_hold", "hold_owner", "held_until"),
+    Index("ix_slot_claims_held_until", "held_until"),
+    Index("ix_slot_claims_claim_until", "claim_until"),
+)
