@@ -17,6 +17,7 @@ from terminhub.access.tokens import ClientCache, TokenService, load_signing_key
 from terminhub.api.admin import clock_endpoint
 from terminhub.api.auth import smart_configuration, token_endpoint
 from terminhub.api.fhir_endpoint import FhirEndpoint
+from terminhub.booking import expiry
 from terminhub.config import Settings
 from terminhub.store.database import Database
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     tokens = TokenService(key, settings.token_minutes, settings.base_url)
     clients = ClientCache(settings.client_recheck_s)
     fhir = FhirEndpoint(settings, db, tokens, clients)
+    sweep.register("booking-expiries", expiry.sweep_job)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, select
 
 from terminhub.access.policy import Caller, Policy
+from terminhub.booking.expiry import present
+from terminhub.booking.service import Booker, BookingService
 from terminhub.clock import Clock
 from terminhub.config import Settings
 from terminhub.fhir.outcome import FhirError
@@ -62,7 +64,27 @@ class Context:
         return self.settings.fhir_base
 
     def engine(self) -> SearchEngine:
-        return SearchEngine(self.conn, self.tz, self.policy.scope, self.settings.base_url)
+        return SearchEngine(
+            self.conn, self.tz, self.policy.scope, self.settings.base_url, self.clock.now_us()
+        )
+
+    def booking(self) -> BookingService:
+        """The booking core on this request's transaction."""
+        s = self.settings
+        return BookingService(
+            self.repo,
+            hold_minutes=s.hold_minutes,
+            max_holds=s.max_holds,
+            confirm_hours=s.confirm_hours,
+            tz=self.tz,
+        )
+
+    def booker(self) -> Booker:
+        return Booker(self.caller.client_id, self.caller.role)
+
+    def present(self, items: list[Stored]) -> list[Stored]:
+        """Stored versions as readers see them now (expired holds and pending bookings have ended)."""
+        return present(self.conn, self.clock.now_us(), items)
 
     def visible(self, resource_type: str, resource_id: str) -> bool:
         """Whether the caller may see this resource (its type being readable)."""

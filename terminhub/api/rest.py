@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from urllib.parse import parse_qsl
 
+import orjson
 from sqlalchemy import func, select
 
 from terminhub.api import bundles
@@ -54,7 +56,7 @@ def _http_date(us: int) -> str:
 def read(ctx: Context, resource_type: str, resource_id: str) -> Reply:
     ctx.policy.check_read(resource_type)
     known_id(resource_type, resource_id)
-    stored = ctx.load_visible(resource_type, resource_id)
+    [stored] = ctx.present([ctx.load_visible(resource_type, resource_id)])
     return Reply(200, stored.content, {"ETag": stored.etag, "Last-Modified": _http_date(stored.last_updated)})
 
 
@@ -110,6 +112,8 @@ def create(
     resource = dict(resource)
     resource.pop("id", None)
     prepare(ctx, resource_type, resource, deferred)
+    resource_id = resource_id or str(uuid.uuid4())
+    resource = keep_invariant(ctx, resource_type, resource_id, resource, None)
     stored = ctx.repo.save(resource_type, resource, resource_id=resource_id)
     ctx.audit_entity = f"{resource_type}/{stored.id}"
     return stored_reply(ctx, stored, 201, location=True)
@@ -159,9 +163,51 @@ def update(
     expected = parse_if_match(if_match)
     if expected is not None and not exists:
         raise FhirError("version-conflict", f"{resource_type}/{resource_id} does not exist (If-Match).")
+    if resource_type == "Appointment" and exists and ctx.caller.role != "admin":
+        validate(resource, resource_type)
+        check_new_participants(ctx, current.resource(), resource)
+        stored = ctx.booking().update(
+            current,
+            resource,
+            ctx.booker(),
+            creator=_creator(current),
+            practice_may=ctx.caller.role == "practice",
+            if_match=expected,
+        )
+        return stored_reply(ctx, stored, 200)
     prepare(ctx, resource_type, resource, deferred)
+    resource = keep_invariant(ctx, resource_type, resource_id, resource, current if exists else None)
     stored = ctx.repo.save(resource_type, resource, resource_id=resource_id, if_match=expected)
     return stored_reply(ctx, stored, 200 if exists else 201, location=not exists)
+
+
+def keep_invariant(
+    ctx: Context, resource_type: str, resource_id: str, resource: dict, current: Stored | None
+) -> dict:
+    """Writes stored as sent still keep the booking invariant: Slot and Appointment go through the core."""
+    if resource_type == "Appointment":
+        ctx.booking().admin_appointment(resource, current.resource() if current else None, resource_id)
+    elif resource_type == "Slot":
+        resource = ctx.booking().admin_slot(resource_id, resource, current is not None)
+    return resource
+
+
+def check_new_participants(ctx: Context, old: dict, new: dict) -> None:
+    """Participants added by a PUT must refer to what the caller may see (2.2)."""
+    before = {orjson.dumps(p) for p in old.get("participant") or []}
+    added = [p for p in new.get("participant") or [] if orjson.dumps(p) not in before]
+    if added:
+        check_references(ctx, {"participant": added})
+
+
+def _creator(stored: Stored) -> str | None:
+    """The client that booked an Appointment (its `booked-by`), else the one that created it."""
+    for ext in stored.resource().get("extension") or []:
+        if ext.get("url") == "urn:terminhub:booked-by":
+            for part in ext.get("extension") or []:
+                if part.get("url") == "client":
+                    return (part.get("valueIdentifier") or {}).get("value")
+    return stored.created_by
 
 
 def parse_if_match(value: str | None) -> int | None:
@@ -186,6 +232,8 @@ def delete(ctx: Context, resource_type: str, resource_id: str) -> Reply:
     if not ctx.visible(resource_type, resource_id):
         raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
     ctx.policy.check_write(resource_type, "delete", current.resource())
+    if resource_type in ("Slot", "Appointment"):
+        ctx.booking().before_delete(current)
     ctx.repo.delete(resource_type, resource_id)
     return Reply(204)
 
@@ -198,6 +246,8 @@ def search(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> R
     check_params(params)
     request = parse_search(resource_type, params, strict=ctx.strict)
     result = ctx.engine().run(request)
+    result.matches = ctx.present(result.matches)
+    result.includes = ctx.present(result.includes)
     outcome = None
     if request.unknown:
         outcome = operation_outcome(

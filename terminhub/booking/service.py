@@ -106,7 +106,7 @@ class BookingService:
             appointment = stored.resource()
             if appointment.get("status") == "pending":
                 appointment["status"] = "cancelled"
-                appointment["cancelationReason"] = _reason("other")
+                appointment["cancelationReason"] = reason("other")
                 self.repo.save("Appointment", appointment, resource_id=appointment_id)
         self._write_slot_status(slot_id, "free")
 
@@ -329,7 +329,7 @@ class BookingService:
             self._check_free_fields(old, new, extra)
         if new["status"] in ("cancelled", "noshow"):
             new = (
-                {**new, "cancelationReason": _reason(CANCEL_REASON.get(booker.role, "other"))}
+                {**new, "cancelationReason": reason(CANCEL_REASON.get(booker.role, "other"))}
                 if new["status"] == "cancelled"
                 else new
             )
@@ -366,7 +366,7 @@ class BookingService:
         if slot_id:
             self._let_go(slot_id, appointment_id, appointment)
         appointment["status"] = "cancelled"
-        appointment["cancelationReason"] = _reason(CANCEL_REASON.get(booker.role, "other"))
+        appointment["cancelationReason"] = reason(CANCEL_REASON.get(booker.role, "other"))
         return self.repo.save("Appointment", appointment, resource_id=appointment_id)
 
     def _check_free_fields(self, old: dict, new: dict, changed: set[str]) -> None:
@@ -478,6 +478,18 @@ class BookingService:
                 raise FhirError("slot-unavailable", "Another active Appointment refers to this Slot.")
             self._write_slot_status(new_slot, "busy")
 
+    def before_delete(self, stored: Stored) -> None:
+        """A booked or held Slot cannot be deleted; a deleted active Appointment frees its Slot."""
+        if stored.type == "Slot":
+            claim = self.settle(stored)
+            if claim.booked_at(self.now) or claim.held_at(self.now):
+                raise FhirError("slot-unavailable", "The Slot is booked or held; it cannot be deleted.")
+        elif stored.type == "Appointment":
+            appointment = stored.resource()
+            slot_id = _slot_id(appointment)
+            if appointment.get("status") in ACTIVE and slot_id:
+                self._let_go(slot_id, stored.id, appointment)
+
     def admin_slot(self, slot_id: str, resource: dict, exists: bool) -> dict:
         """An admin's Slot write: its status becomes the practice-set base, the invariant is kept."""
         status = resource.get("status", "free")
@@ -507,10 +519,11 @@ def set_booked_by(resource: dict, booker: Booker) -> None:
 
 
 def _base_status(status: str) -> str:
-    return "free" if status in ("busy-tentative", "busy") else status
+    """The status a Slot has of its own (as its practice set it); a hold is never its own."""
+    return "free" if status == "busy-tentative" else status
 
 
-def _reason(code: str) -> dict:
+def reason(code: str) -> dict:
     return {"coding": [{"system": CANCELLATION_SYSTEM, "code": code}]}
 
 

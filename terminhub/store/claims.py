@@ -38,6 +38,12 @@ class Claim:
     def held_at(self, now: int) -> bool:
         return self.hold_owner is not None and self.held_until is not None and self.held_until > now
 
+    def lapsed_at(self, now: int) -> bool:
+        """A hold or unconfirmed booking ran out and is not written down yet."""
+        hold = self.hold_owner is not None and self.held_until is not None and self.held_until <= now
+        booking = self.appointment_id is not None and self.claim_until is not None and self.claim_until <= now
+        return hold or booking
+
     def status_at(self, now: int) -> str:
         """The Slot status every reader sees at `now` (expiries take effect at their instant)."""
         if self.booked_at(now):

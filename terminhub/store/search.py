@@ -57,11 +57,14 @@ class SearchResult:
 class SearchEngine:
     """Runs searches on one connection with the caller's scope."""
 
-    def __init__(self, conn: Connection, tz: ZoneInfo, scope: Scope, base_url: str = "") -> None:
+    def __init__(
+        self, conn: Connection, tz: ZoneInfo, scope: Scope, base_url: str = "", now_us: int | None = None
+    ) -> None:
         self.conn = conn
         self.tz = tz
         self.scope = scope
         self.base_url = base_url
+        self.now_us = now_us
 
     # -- the main query ------------------------------------------------------------------------------
     def run(self, request: SearchRequest) -> SearchResult:
@@ -154,11 +157,36 @@ class SearchEngine:
         assert param is not None
         if param.kind == "special":
             return self._special(resource_type, c)
+        if resource_type == "Slot" and c.name == "status" and self.now_us is not None and c.modifier is None:
+            return or_(*[self._slot_status(v) for v in c.values])
         matches = or_(*[self._value(param, c.modifier, v) for v in c.values])
         sub = select(S.c.id).where(S.c.type == resource_type, S.c.param == c.name, matches)
         if c.modifier == "not":
             return R.c.id.not_in(sub)
         return R.c.id.in_(sub)
+
+    def _slot_status(self, value: str) -> ColumnElement:
+        """A Slot's status as readers see it now: a hold or unconfirmed booking that ran out has ended
+        already, before the sweep writes it down (2.4)."""
+        code = value.split("|")[-1]
+        C = schema.slot_claims
+        now = self.now_us
+
+        def stored(*codes: str) -> ColumnElement:
+            return R.c.id.in_(
+                select(S.c.id).where(S.c.type == "Slot", S.c.param == "status", S.c.code.in_(codes))
+            )
+
+        lapsed = select(C.c.slot_id).where(
+            or_(
+                and_(C.c.hold_owner.is_not(None), C.c.held_until <= now),
+                and_(C.c.appointment_id.is_not(None), C.c.claim_until <= now),
+            )
+        )
+        lapsed_to = select(C.c.slot_id).where(C.c.slot_id.in_(lapsed), C.c.base_status == code)
+        if code in ("busy", "busy-tentative"):
+            return and_(stored(code), R.c.id.not_in(lapsed))
+        return or_(stored(code), and_(stored("busy", "busy-tentative"), R.c.id.in_(lapsed_to)))
 
     def _has_param(self, resource_type: str, name: str) -> ColumnElement:
         return exists().where(S.c.type == resource_type, S.c.id == R.c.id, S.c.param == name)
