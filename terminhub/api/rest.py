@@ -12,6 +12,7 @@ from terminhub.api import bundles
 from terminhub.api.context import Context, Reply
 from terminhub.api.references import check_house_rules, check_references
 from terminhub.clock import instant
+from terminhub.fhir.identifiers import check_patient_identifiers
 from terminhub.fhir.outcome import FhirError, information, operation_outcome
 from terminhub.fhir.search_request import parse_search
 from terminhub.fhir.validation import valid_id, validate
@@ -79,6 +80,7 @@ def prepare(ctx: Context, resource_type: str, resource: dict, deferred: list[dic
     """Validation and reference checks that every written body passes (references of a transaction's
     entries are checked once all its entries are written: `deferred`)."""
     validate(resource, resource_type)
+    check_patient_identifiers(resource)
     if deferred is not None:
         deferred.append(resource)
     else:
