@@ -205,6 +205,7 @@ class BookingService:
         nothing of its attempt is stored (the transaction rolls back).
         """
         found = found or offer(self.repo, slot)
+        self._refuse_if_taken(slot.id, booker)
         claim = self.settle(slot)
         now = self.now
         if claim.status_at(now) != "free" and not (
@@ -222,6 +223,16 @@ class BookingService:
         stored = self.repo.save("Appointment", resource, resource_id=appointment_id)
         self._write_slot_status(slot.id, "busy")
         return stored
+
+    def _refuse_if_taken(self, slot_id: str, booker: Booker) -> None:
+        """Fast refusal without waiting for the row lock: a Slot visibly booked or held by another is
+        refused at once (the conditional update still decides every case this lets through)."""
+        claim = claims.get(self.conn, slot_id)
+        now = self.now
+        if claim is None or claim.lapsed_at(now):
+            return
+        if claim.booked_at(now) or (claim.held_at(now) and claim.hold_owner != booker.client_id):
+            raise FhirError("slot-unavailable", "The Slot is taken or held by another client.")
 
     def _pending_deadline(self, found: Offer, now: int) -> int:
         start = parse_instant(found.start, self.tz)
