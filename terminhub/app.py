@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import terminhub.api.scheduling  # noqa: F401  (registers the operations)
 from terminhub import sweep
 from terminhub.access.tokens import ClientCache, TokenService, load_signing_key
 from terminhub.api.admin import clock_endpoint

@@ -22,6 +22,23 @@ SCHEDULING = frozenset({"Schedule", "Slot"})
 REFERRAL_SYSTEM = "https://fhir.kbv.de/NamingSystem/KBV_NS_116117_TERMINSERVICE_Vermittlungscode"
 SERVER_WRITTEN = frozenset({"Provenance", "AuditEvent"})
 DEFINITIONS = frozenset({"OperationDefinition", "SearchParameter"})
+_THIRD_PARTY_OPERATIONS = (
+    "termine_suchen",
+    "termin_buchen",
+    "termin_absagen",
+    "buchungsinformationen_abrufen",
+    "vermittlungscodestatus_abrufen",
+)
+# The operation rows of 2.2: operation code -> the roles that may call it (scopes are checked by the
+# operation). An operation not listed here is refused to everyone.
+OPERATION_ROLES: dict[str, frozenset[str]] = {
+    "hold": frozenset({"admin", "scheduling-client"}),
+    "findHSP": frozenset({"admin", "scheduling-client"}),
+    "book": frozenset({"admin", "scheduling-client"}),
+    "slotstatus_aktualisieren": frozenset({"admin", "practice"}),
+    "vermittlungscode_anfordern": frozenset({"referrer", "third-party"}),
+    **dict.fromkeys(_THIRD_PARTY_OPERATIONS, frozenset({"third-party"})),
+}
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,13 @@ class Policy:
                 S.c.type == "AppointmentResponse", S.c.param == "appointment", S.c.ref_id.in_(mine)
             )
         return select(R.c.id).where(false())
+
+    # -- operations ----------------------------------------------------------------------------------
+    def check_operation(self, name: str) -> None:
+        """403 unless the role may call the operation `name` (with or without its `$`) at all."""
+        code = name.removeprefix("$")
+        if self.role not in OPERATION_ROLES.get(code, frozenset()):
+            raise FhirError("forbidden", f"The role {self.role} may not call ${code}.")
 
     # -- writing -------------------------------------------------------------------------------------
     def check_write(self, resource_type: str, interaction: str, resource: dict | None = None) -> None:

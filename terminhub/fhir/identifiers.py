@@ -21,5 +21,8 @@ def check_patient_identifiers(resource: dict) -> None:
     for identifier in resource.get("identifier") or []:
         rule = FORMATS.get(identifier.get("system", ""))
         if rule and not rule[0].match(str(identifier.get("value", ""))):
-            raise FhirError("invalid", f"An identifier of system {identifier['system']} must be {rule[1]}.",
-                            diagnostics=f"value: {identifier.get('value')!r}")
+            raise FhirError(
+                "invalid",
+                f"An identifier of system {identifier['system']} must be {rule[1]}.",
+                diagnostics=f"value: {identifier.get('value')!r}",
+            )

@@ -22,7 +22,7 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """Create the engine; SQLite gets WAL, a busy timeout and explicit BEGIN (IMMEDIATE for writers)."""
     url = normalise_url(url)
     if is_sqlite(url):
@@ -34,7 +34,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+    # Few connections per process: several processes share one server and its max_connections (100).
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True, pool_timeout=60
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:

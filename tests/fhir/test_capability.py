@@ -47,6 +47,19 @@ def settings() -> Settings:
     return Settings(base_url=BASE)
 
 
+@pytest.fixture(autouse=True)
+def only_these_operations() -> Iterator[None]:
+    """Faces register their operations when imported (as other test modules do): each test here sees the
+    operations it registers itself, and the registry is as before afterwards."""
+    registered = dict(OPERATIONS)
+    OPERATIONS.clear()
+    try:
+        yield
+    finally:
+        OPERATIONS.clear()
+        OPERATIONS.update(registered)
+
+
 def _validate(resource: dict) -> None:
     get_fhir_model_class(resource["resourceType"]).model_validate(resource)
 
