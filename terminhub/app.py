@@ -17,9 +17,10 @@ from terminhub import sweep
 from terminhub.access.tokens import ClientCache, TokenService, load_signing_key
 from terminhub.api.admin import clock_endpoint
 from terminhub.api.auth import smart_configuration, token_endpoint
-from terminhub.api.fhir_endpoint import FhirEndpoint
-from terminhub.booking import expiry
+from terminhub.api.fhir_endpoint import FhirEndpoint, on_refusal
+from terminhub.booking import events, expiry
 from terminhub.config import Settings
+from terminhub.referral import service as referral_service
 from terminhub.store.database import Database
 
 log = logging.getLogger("terminhub")
@@ -35,6 +36,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     clients = ClientCache(settings.client_recheck_s)
     fhir = FhirEndpoint(settings, db, tokens, clients)
     sweep.register("booking-expiries", expiry.sweep_job)
+    sweep.register("referral-windows", referral_service.sweep_job)
+    events.on_ended(referral_service.release_code)
+    on_refusal(count_failed_lookup)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -69,6 +73,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.tokens = tokens
     app.state.clients = clients
     return app
+
+
+def count_failed_lookup(conn, caller, error, now_us: int) -> None:  # noqa: ANN001
+    """Failed code look-ups count against the client in every process (4.1 secrecy)."""
+    if error.code in ("code-malformed", "code-unknown"):
+        referral_service.record_failed_lookup(conn, caller.client_id, now_us)
 
 
 def app_from_environment() -> Starlette:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
@@ -37,6 +38,16 @@ log = logging.getLogger("terminhub.fhir")
 Operation = Callable[[Context, "Call"], Reply]
 OPERATIONS: dict[tuple[str | None, str], Operation] = {}
 PUBLIC_TYPES = ("OperationDefinition", "SearchParameter")
+
+
+# hook(conn, caller, error, now_us): runs in a refusal's own transaction (e.g. counting failed look-ups)
+RefusalHook = Callable[[Any, Caller, FhirError, int], None]
+REFUSAL_HOOKS: list[RefusalHook] = []
+
+
+def on_refusal(hook: RefusalHook) -> None:
+    if hook not in REFUSAL_HOOKS:
+        REFUSAL_HOOKS.append(hook)
 
 
 def register_operation(resource_type: str | None, name: str, handler: Operation) -> None:
@@ -293,6 +304,9 @@ class FhirEndpoint:
                 )
                 repo = Repository(conn, clock, self.tz, actor)
                 self.write_audit(repo, caller, interaction, exc.status, _safe_entity(entity), exc.text)
+                if caller is not None:
+                    for hook in REFUSAL_HOOKS:
+                        hook(conn, caller, exc, clock.now_us())
         except Exception:  # noqa: BLE001 - auditing must never turn a 4xx into a 500
             log.exception("could not write the AuditEvent of a refused call")
 

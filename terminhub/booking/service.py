@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from terminhub.booking import events
 from terminhub.booking.offer import Offer, offer, schedule_organization
 from terminhub.fhir.dates import DateError, parse_instant
 from terminhub.fhir.outcome import FhirError
@@ -108,6 +109,7 @@ class BookingService:
                 appointment["status"] = "cancelled"
                 appointment["cancelationReason"] = reason("other")
                 self.repo.save("Appointment", appointment, resource_id=appointment_id)
+        events.ended(self.repo, appointment_id, "hub")
         self._write_slot_status(slot_id, "free")
 
     def _write_slot_status(self, slot_id: str, status: str) -> Stored | None:
@@ -345,8 +347,10 @@ class BookingService:
                 else new
             )
         slot_id = _slot_id(old)
-        if new["status"] not in ACTIVE and slot_id:
-            self._let_go(slot_id, current.id, old)
+        if new["status"] not in ACTIVE:
+            if slot_id:
+                self._let_go(slot_id, current.id, old)
+            events.ended(self.repo, current.id, booker.role)
         elif transition == ("pending", "booked") and slot_id:
             claims.confirm(self.conn, slot_id, current.id)
         return self.repo.save("Appointment", new, resource_id=current.id, if_match=if_match)
@@ -376,6 +380,7 @@ class BookingService:
         slot_id = _slot_id(appointment)
         if slot_id:
             self._let_go(slot_id, appointment_id, appointment)
+        events.ended(self.repo, appointment_id, booker.role)
         appointment["status"] = "cancelled"
         appointment["cancelationReason"] = reason(CANCEL_REASON.get(booker.role, "other"))
         return self.repo.save("Appointment", appointment, resource_id=appointment_id)
@@ -469,6 +474,8 @@ class BookingService:
         active = new.get("status") in ACTIVE
         if was_active and old_slot and (not active or old_slot != new_slot):
             self._let_go(old_slot, appointment_id, previous or {})
+        if was_active and not active:
+            events.ended(self.repo, appointment_id, "admin")
         if active and new_slot:
             slot = self.repo.get("Slot", new_slot)
             if slot is None or slot.deleted:
@@ -500,6 +507,8 @@ class BookingService:
             slot_id = _slot_id(appointment)
             if appointment.get("status") in ACTIVE and slot_id:
                 self._let_go(slot_id, stored.id, appointment)
+            if appointment.get("status") in ACTIVE:
+                events.ended(self.repo, stored.id, "admin")
 
     def admin_slot(self, slot_id: str, resource: dict, exists: bool) -> dict:
         """An admin's Slot write: its status becomes the practice-set base, the invariant is kept."""

@@ -139,3 +139,32 @@ slot_claims = Table(
     Index("ix_slot_claims_held_until", "held_until"),
     Index("ix_slot_claims_claim_until", "claim_until"),
 )
+
+
+referrals = Table(
+    "referrals",
+    metadata,
+    Column("code", String(12), primary_key=True),
+    Column("service_request_id", String(64), nullable=False, unique=True),
+    Column("issuer", String(64), nullable=False),
+    Column("priority", String(8), nullable=False),
+    Column("acute", Boolean, nullable=False, default=False),
+    Column("window_start", BigInteger, nullable=True),
+    Column("window_end", BigInteger, nullable=True),
+    Column("bookings", Integer, nullable=False, default=0),
+    Column("appointment_id", String(64), nullable=True),
+    Column("expired", Boolean, nullable=False, default=False),
+    Column("closed", Boolean, nullable=False, default=False),
+    Column("issued_at", BigInteger, nullable=False),
+    Index("ix_referrals_window_end", "window_end"),
+    Index("ix_referrals_appointment", "appointment_id"),
+)
+
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("kind", String(24), primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""116117 referral codes (Vermittlungscodes): alphabet, generation, urgency windows and lifecycle."""
