@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from terminhub.clock import Clock
 from terminhub.config import Settings
-from terminhub.store import idempotency
+from terminhub.store import cursors, idempotency
 from terminhub.store.database import Database
 
 log = logging.getLogger("terminhub.sweep")
@@ -51,3 +51,4 @@ async def loop(db: Database, settings: Settings) -> None:
 
 
 register("idempotency-keys", lambda conn, clock, _settings: idempotency.sweep(conn, clock.now_us()))
+register("search-cursors", lambda conn, clock, _settings: cursors.sweep(conn, clock.now_us()))

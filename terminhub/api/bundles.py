@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import orjson
@@ -21,14 +22,27 @@ def full_url(base: str, stored: Stored) -> str:
 
 
 def searchset(
-    base: str, request: SearchRequest, result: SearchResult, now_us: int, outcome: dict | None = None
+    base: str,
+    request: SearchRequest,
+    result: SearchResult,
+    now_us: int,
+    outcome: dict | None = None,
+    hide: Callable[[list[tuple[str, str]], dict | None], str] | None = None,
 ) -> dict:
-    """A searchset Bundle with self/next/previous links that repeat the parameters used."""
+    """A searchset Bundle with self/next/previous links that repeat the parameters used — or, with `hide`,
+    links that carry only a server-side cursor (for searches that name a referral code)."""
     bundle: dict = {"resourceType": "Bundle", "type": "searchset", "meta": {"lastUpdated": instant(now_us)}}
     if result.total is not None:
         bundle["total"] = result.total
     url = f"{base}/{request.resource_type}"
     params = [(k, v) for k, v in request.echo if k != "page"]
+    if hide is not None:
+        links = [{"relation": "self", "url": f"{url}?_cursor={hide(params, request.cursor)}"}]
+        if result.next_cursor:
+            links.append({"relation": "next", "url": f"{url}?_cursor={hide(params, result.next_cursor)}"})
+        if result.prev_cursor:
+            links.append({"relation": "previous", "url": f"{url}?_cursor={hide(params, result.prev_cursor)}"})
+        return _finish(bundle, links, base, result, outcome)
     links = [
         {
             "relation": "self",
@@ -39,6 +53,10 @@ def searchset(
         links.append({"relation": "next", "url": _link(url, params, result.next_cursor)})
     if result.prev_cursor:
         links.append({"relation": "previous", "url": _link(url, params, result.prev_cursor)})
+    return _finish(bundle, links, base, result, outcome)
+
+
+def _finish(bundle: dict, links: list[dict], base: str, result: SearchResult, outcome: dict | None) -> dict:
     bundle["link"] = links
     entries = [
         {"fullUrl": full_url(base, s), "resource": embed(s), "search": {"mode": "match"}}

@@ -23,6 +23,7 @@ from terminhub.access.audit import audit_event
 from terminhub.access.policy import Caller
 from terminhub.access.tokens import ClientCache, InvalidToken, TokenService
 from terminhub.api import rest, transaction
+from terminhub.api.code_search import names_code
 from terminhub.api.context import Context, Reply
 from terminhub.clock import Clock
 from terminhub.config import Settings
@@ -176,7 +177,8 @@ class FhirEndpoint:
         """Run one request in one transaction; a refusal rolls back and is audited on its own."""
         ctx: Context | None = None
         try:
-            with self.db.transaction(write=call.method != "GET") as conn:
+            write = call.method != "GET" or names_code(call.params)  # code searches keep paging state
+            with self.db.transaction(write=write) as conn:
                 clock = Clock()
                 if self.settings.test_clock:
                     clock.refresh(conn)

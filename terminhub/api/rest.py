@@ -9,14 +9,15 @@ import orjson
 from sqlalchemy import func, select
 
 from terminhub.api import bundles
+from terminhub.api.code_search import check_codes
 from terminhub.api.context import Context, Reply
 from terminhub.api.references import check_house_rules, check_references
 from terminhub.clock import instant
 from terminhub.fhir.identifiers import check_patient_identifiers
 from terminhub.fhir.outcome import FhirError, information, operation_outcome
-from terminhub.fhir.search_request import parse_search
+from terminhub.fhir.search_request import encode_cursor, parse_search
 from terminhub.fhir.validation import valid_id, validate
-from terminhub.store import schema
+from terminhub.store import cursors, schema
 from terminhub.store.repository import Stored
 
 MAX_HISTORY = 1000
@@ -246,7 +247,15 @@ def search(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> R
     ctx.audit_entity = resource_type
     ctx.policy.check_search(resource_type)
     check_params(params)
+    params = _resume_hidden(ctx, params)
     request = parse_search(resource_type, params, strict=ctx.strict)
+    hide = None
+    if check_codes(ctx, request):
+        now = ctx.clock.now_us()
+
+        def hide(kept: list[tuple[str, str]], cursor: dict | None) -> str:
+            return cursors.save(ctx.conn, {"params": kept, "cursor": cursor}, now)
+
     result = ctx.engine().run(request)
     result.matches = ctx.present(result.matches)
     result.includes = ctx.present(result.includes)
@@ -258,8 +267,22 @@ def search(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> R
             issue_code="not-supported",
         )
         outcome["issue"][0]["severity"] = "warning"
-    bundle = bundles.searchset(ctx.base, request, result, ctx.clock.now_us(), outcome)
+    bundle = bundles.searchset(ctx.base, request, result, ctx.clock.now_us(), outcome, hide)
     return Reply(200, bundle)
+
+
+def _resume_hidden(ctx: Context, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A server-side cursor (`_cursor=s.…`) stands for the parameters it hides."""
+    token = next((v for k, v in params if k == "_cursor" and v.startswith(cursors.PREFIX)), None)
+    if token is None:
+        return params
+    state = cursors.load(ctx.conn, token, ctx.clock.now_us())
+    if state is None:
+        raise FhirError("invalid", "This paging cursor is unknown or expired; search again.")
+    resumed = [(k, v) for k, v in state["params"]]
+    if state.get("cursor"):
+        resumed.append(("_cursor", encode_cursor(state["cursor"])))
+    return resumed + [(k, v) for k, v in params if k != "_cursor"]
 
 
 # -- history -----------------------------------------------------------------------------------------

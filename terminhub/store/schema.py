@@ -168,3 +168,13 @@ rate_counters = Table(
     Column("bucket", BigInteger, primary_key=True),
     Column("count", Integer, nullable=False),
 )
+
+
+search_cursors = Table(
+    "search_cursors",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Index("ix_search_cursors_created", "created"),
+)

@@ -1,4 +1,4 @@
-"""Referral codes' bookkeeping (window, bookings) and rate counters shared by all processes.
+"""Referral codes' bookkeeping, rate counters shared by all processes, server-side paging state.
 
 Revision ID: 0003
 Revises: 0002
@@ -14,7 +14,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-TABLES = ["referrals", "rate_counters"]
+TABLES = ["referrals", "rate_counters", "search_cursors"]
 
 
 def upgrade() -> None:
