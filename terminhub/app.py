@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+import terminhub.api.kbv  # noqa: F401  (registers the operations)
 import terminhub.api.scheduling  # noqa: F401  (registers the operations)
 from terminhub import sweep
 from terminhub.access.tokens import ClientCache, TokenService, load_signing_key
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         Route("/", root),
+        Route("/termin", termin_page, methods=["GET"]),
         Route("/auth/token", token_endpoint, methods=["POST"]),
         Route("/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
         Route("/fhir/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
@@ -73,6 +76,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.tokens = tokens
     app.state.clients = clients
     return app
+
+
+async def termin_page(_request: Request) -> Response:
+    """The page a referral form points to (4.2 `url`): how to book with a Vermittlungscode. No token."""
+    page = resources.files("terminhub.api").joinpath("termin.html").read_text(encoding="utf-8")
+    return HTMLResponse(page)
 
 
 def count_failed_lookup(conn, caller, error, now_us: int) -> None:  # noqa: ANN001

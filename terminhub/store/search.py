@@ -234,13 +234,13 @@ class SearchEngine:
         raise FhirError("invalid", f"Search parameter {c.name} is not supported for {resource_type}.")
 
     def _slot_offers(self, c: Criterion) -> ColumnElement:
-        """A Slot offers its own codings, or its Schedule's where it has none (3.1)."""
-        schedule_param = "specialty" if c.name == "specialty" else "service-type"
-        own_slot_param = c.name
+        """A Slot offers the codings of its own `specialty` and `serviceType`, or, where it has none, those
+        of its Schedule (3.1); `specialty` and `service-type` both match every coding it offers."""
+        kinds = ("specialty", "service-type")
         matches = or_(*[_token(v) for v in c.values])
-        own = select(S.c.id).where(S.c.type == "Slot", S.c.param == own_slot_param, matches)
-        has_own = select(S.c.id).where(S.c.type == "Slot", S.c.param.in_(("specialty", "service-type")))
-        schedules = select(S.c.id).where(S.c.type == "Schedule", S.c.param == schedule_param, matches)
+        own = select(S.c.id).where(S.c.type == "Slot", S.c.param.in_(kinds), matches)
+        has_own = select(S.c.id).where(S.c.type == "Slot", S.c.param.in_(kinds))
+        schedules = select(S.c.id).where(S.c.type == "Schedule", S.c.param.in_(kinds), matches)
         slot_refs = select(S.c.id).where(
             S.c.type == "Slot", S.c.param == "schedule", S.c.ref_id.in_(schedules)
         )
