@@ -54,6 +54,9 @@ def serve(
         workers=workers,
         log_level=os.environ.get("TERMINHUB_LOG_LEVEL", "warning"),
         access_log=False,
+        # Longer than clients' idle pools: a connection closed by the server just as a client reuses it
+        # loses that request (uvicorn's default is 5 s).
+        timeout_keep_alive=75,
     )
 
 
