@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 
 import orjson
@@ -73,6 +74,8 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, strict: b
                 raise FhirError("invalid", f"Unknown modifier :{modifier} on search parameter {name}.")
             values = tuple(v for v in _split_or(value))
             param = searchparams.param(resource_type, name)
+            if param is not None and param.pattern:
+                _check_format(param, modifier, values)
             request.criteria.append(Criterion(name, modifier or None, values, param))
         else:
             if strict:
@@ -80,6 +83,18 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, strict: b
             request.echo.pop()
             request.unknown.append(raw_name)
     return request
+
+
+def _check_format(param: searchparams.SearchParam, modifier: str, values: tuple[str, ...]) -> None:
+    """Parameters with a fixed value format (BSNR, LANR) take exactly such values and no modifier."""
+    if modifier:
+        raise FhirError("invalid", f"The search parameter {param.name} takes no modifier.")
+    for value in values:
+        if not re.fullmatch(param.pattern, value):
+            wanted = param.extra.get("format", f"of the form {param.pattern}")
+            raise FhirError(
+                "invalid", f"{param.name} must be {wanted}.", diagnostics=f"{param.name}={value[:40]}"
+            )
 
 
 def _non_negative_int(name: str, value: str) -> int:

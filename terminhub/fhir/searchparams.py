@@ -25,6 +25,7 @@ class SearchParam:
     sortable: bool = False
     expression: str = ""
     extra: dict = field(default_factory=dict)
+    pattern: str = ""  # what every value must look like (a regular expression), else 400
 
 
 def _p(
@@ -113,6 +114,31 @@ _define(
     _p("identifier", "token", "identifier"),
     _p("service-type", "token", "serviceType"),
     _p("specialty", "token", "specialty"),
+    # The practice-sync parameters of contract 5, chains the engine follows at query time (no paths, so
+    # nothing is indexed for them).
+    SearchParam(
+        "bsnr",
+        "token",
+        description="BSNR (9 digits): Appointments on Slots of Schedules with a PractitionerRole actor whose "
+        "Organization carries this number (identifier system " + BSNR_SYSTEM + ").",
+        own=True,
+        expression="Appointment.slot.resolve().schedule.resolve().actor.resolve().ofType(PractitionerRole)"
+        ".organization.resolve().identifier.where(system = '" + BSNR_SYSTEM + "').value",
+        pattern="[0-9]{9}",
+        extra={"format": "a BSNR of 9 digits"},
+    ),
+    SearchParam(
+        "lanr",
+        "token",
+        description="ANR (7 digits) or LANR (9 digits): Appointments on Slots of Schedules with a "
+        "PractitionerRole actor whose Practitioner has an ANR or LANR (identifier system " + ANR_SYSTEM + ") "
+        "with the same first 7 digits.",
+        own=True,
+        expression="Appointment.slot.resolve().schedule.resolve().actor.resolve().ofType(PractitionerRole)"
+        ".practitioner.resolve().identifier.where(system = '" + ANR_SYSTEM + "').value.substring(0, 7)",
+        pattern="[0-9]{7}(?:[0-9]{2})?",
+        extra={"format": "an ANR of 7 or a LANR of 9 digits"},
+    ),
 )
 _define(
     "AppointmentResponse",

@@ -155,7 +155,7 @@ class SearchEngine:
             return or_(*[_date_compare(R.c.last_updated, R.c.last_updated + 1, v, self.tz) for v in c.values])
         param = c.param
         assert param is not None
-        if param.kind == "special":
+        if param.kind == "special" or not param.paths:
             return self._special(resource_type, c)
         if resource_type == "Slot" and c.name == "status" and self.now_us is not None and c.modifier is None:
             return or_(*[self._slot_status(v) for v in c.values])
@@ -231,6 +231,8 @@ class SearchEngine:
             return self._slot_offers(c)
         if resource_type == "Location" and c.name == "near":
             return or_(*[_near(v) for v in c.values])
+        if resource_type == "Appointment" and c.name in ("bsnr", "lanr"):
+            return self._appointments_of_practice(c)
         raise FhirError("invalid", f"Search parameter {c.name} is not supported for {resource_type}.")
 
     def _slot_offers(self, c: Criterion) -> ColumnElement:
@@ -247,6 +249,33 @@ class SearchEngine:
         inherited = and_(R.c.id.in_(slot_refs), R.c.id.not_in(has_own))
         offered = or_(R.c.id.in_(own), inherited)
         return not_(offered) if c.modifier == "not" else offered
+
+    def _appointments_of_practice(self, c: Criterion) -> ColumnElement:
+        """`bsnr` and `lanr` (contract 5): Appointments on Slots of Schedules with a PractitionerRole actor
+        whose Organization carries the BSNR, or whose Practitioner has an ANR/LANR with the same first 7
+        digits (values are checked when the request is parsed: 9 digits, 7 or 9 digits)."""
+        if c.name == "bsnr":
+            organizations = select(S.c.id).where(
+                S.c.type == "Organization",
+                S.c.param == "identifier",
+                S.c.system == searchparams.BSNR_SYSTEM,
+                S.c.code.in_(list(c.values)),
+            )
+            roles = _referring("PractitionerRole", "organization", "Organization", organizations)
+        else:
+            # An ANR is 7 digits, a LANR the ANR and a 2-digit specialty code: equal first 7 digits.
+            anrs = sorted({v[:7] for v in c.values})
+            numbers = [*anrs, *(f"{anr}{n:02d}" for anr in anrs for n in range(100))]
+            practitioners = select(S.c.id).where(
+                S.c.type == "Practitioner",
+                S.c.param == "identifier",
+                S.c.system == searchparams.ANR_SYSTEM,
+                S.c.code.in_(numbers),
+            )
+            roles = _referring("PractitionerRole", "practitioner", "Practitioner", practitioners)
+        schedules = _referring("Schedule", "actor", "PractitionerRole", roles)
+        slots = _referring("Slot", "schedule", "Schedule", schedules)
+        return R.c.id.in_(_referring("Appointment", "slot", "Slot", slots))
 
     # -- includes ------------------------------------------------------------------------------------
     def includes(self, request: SearchRequest, matches: list[Stored]) -> list[Stored]:
@@ -325,6 +354,13 @@ class SearchEngine:
                     )
                 )
         return loaded
+
+
+def _referring(source: str, param: str, target_type: str, targets: Select) -> Select:
+    """Ids of `source` resources whose reference `param` points to one of `targets` (of `target_type`)."""
+    return select(S.c.id).where(
+        S.c.type == source, S.c.param == param, S.c.ref_type == target_type, S.c.ref_id.in_(targets)
+    )
 
 
 def _token(value: str) -> ColumnElement:

@@ -697,17 +697,15 @@ def test_appointment_identifier_and_service_type(data: Dataset) -> None:
     assert data.find("Appointment", {"service-type": f"{SERVICE}|walk-in"}) == set()
 
 
-@pytest.mark.xfail(
-    reason="bsnr and lanr (contract 5) are not in terminhub/fhir/searchparams.py yet: the "
-    "parameters are reported unknown and ignored",
-    strict=True,
-)
 def test_appointment_bsnr_and_lanr(data: Dataset) -> None:
     """`bsnr`: Appointments on Slots of Schedules whose PractitionerRole's Organization carries the number;
-    `lanr`: whose PractitionerRole's Practitioner has an ANR with the same first 7 digits."""
-    assert data.find("Appointment", {"bsnr": data.bsnr[0]}) == {"appt1"}
+    `lanr`: whose PractitionerRole's Practitioner has an ANR with the same first 7 digits. Neither looks at
+    the Appointment's status: the cancelled appt2 lies on s4 of schedA (role1, org1, prac1) as well."""
+    assert data.find("Appointment", {"bsnr": data.bsnr[0]}) == {"appt1", "appt2"}
+    assert data.find("Appointment", {"bsnr": data.bsnr[0], "status": "booked"}) == {"appt1"}
     assert data.find("Appointment", {"bsnr": data.bsnr[1]}) == set()
-    assert data.find("Appointment", {"lanr": data.lanr + "99"}) == {"appt1"}
+    assert data.find("Appointment", {"lanr": data.lanr + "99"}) == {"appt1", "appt2"}
+    assert data.find("Appointment", {"lanr": data.lanr}) == {"appt1", "appt2"}
     assert data.find("Appointment", {"lanr": "0000000"}) == set()
 
 

@@ -280,7 +280,22 @@ def test_own_table_parameter_gets_its_search_parameter(settings: Settings, own_b
     assert sp["url"] == url and sp["base"] == ["Appointment"] and sp["code"] == "test-bsnr"
     assert sp["expression"] == "Appointment.participant.actor.identifier"
     ids = [r["id"] for r in search_parameter_resources(settings)]
-    assert ids == ["Resource-page", "Appointment-test-bsnr"]
+    assert ids == ["Resource-page", "Appointment-bsnr", "Appointment-lanr", "Appointment-test-bsnr"]
+
+
+@pytest.mark.parametrize("name", ["bsnr", "lanr"])
+def test_practice_sync_parameters_are_declared_with_their_search_parameters(
+    settings: Settings, name: str
+) -> None:
+    """`bsnr` and `lanr` (contract 5) are terminhub's own Appointment parameters, each with its definition."""
+    declared = {p["name"]: p for p in _resource(settings, "Appointment")["searchParam"]}
+    url = f"{BASE}/fhir/SearchParameter/Appointment-{name}"
+    assert declared[name]["definition"] == url and declared[name]["type"] == "token"
+    sp = definition_lookup("SearchParameter", f"Appointment-{name}", settings)
+    assert sp is not None
+    _validate(sp)
+    assert sp["url"] == url and sp["base"] == ["Appointment"] and sp["code"] == name
+    assert sp["description"] and sp["expression"].startswith("Appointment.slot.resolve()")
 
 
 # ---- includes ----------------------------------------------------------------------------------------
