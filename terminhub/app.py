@@ -23,6 +23,7 @@ from terminhub.api.fhir_endpoint import FhirEndpoint, on_refusal
 from terminhub.booking import events, expiry
 from terminhub.config import Settings
 from terminhub.referral import service as referral_service
+from terminhub.store import feed
 from terminhub.store.database import Database
 
 log = logging.getLogger("terminhub")
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     tokens = TokenService(key, settings.token_minutes, settings.base_url)
     clients = ClientCache(settings.client_recheck_s)
     fhir = FhirEndpoint(settings, db, tokens, clients)
+    feed.configure(settings.system_name)
     sweep.register("booking-expiries", expiry.sweep_job)
     sweep.register("referral-windows", referral_service.sweep_job)
     events.on_ended(referral_service.release_code)

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from terminhub.clock import Clock
 from terminhub.config import Settings
-from terminhub.store import cursors, idempotency
+from terminhub.store import cursors, feed, idempotency, polls
 from terminhub.store.database import Database
 
 log = logging.getLogger("terminhub.sweep")
@@ -29,8 +29,13 @@ def register(name: str, job: Job) -> None:
 
 def run_once(db: Database, settings: Settings) -> dict[str, object]:
     """Run every job once, each in its own write transaction; a failing job does not stop the others."""
+    return run_jobs(db, settings, tuple(JOBS))
+
+
+def run_jobs(db: Database, settings: Settings, names: tuple[str, ...]) -> dict[str, object]:
+    """Run the named jobs (those registered) once each, in their own transactions."""
     results: dict[str, object] = {}
-    for name, job in list(JOBS.items()):
+    for name, job in [(n, JOBS[n]) for n in names if n in JOBS]:
         try:
             with db.transaction(write=True) as conn:
                 clock = Clock()
@@ -52,3 +57,8 @@ async def loop(db: Database, settings: Settings) -> None:
 
 register("idempotency-keys", lambda conn, clock, _settings: idempotency.sweep(conn, clock.now_us()))
 register("search-cursors", lambda conn, clock, _settings: cursors.sweep(conn, clock.now_us()))
+register("poll-searches", lambda conn, clock, _settings: polls.sweep(conn, clock.now_us()))
+register(
+    "provenance-retention",
+    lambda conn, clock, settings: feed.sweep(conn, clock.now_us(), settings.provenance_retention_days),
+)

@@ -12,7 +12,7 @@ from sqlalchemy import Select, false, select
 
 from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.searchparams import BSNR_SYSTEM
-from terminhub.store import schema
+from terminhub.store import feed, schema
 
 S = schema.search_index
 R = schema.resources
@@ -183,7 +183,10 @@ def _ids_referring(source: str, param: str, targets: Select) -> Select:
 
 
 def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
-    """The practice scope chain of 2.2, as a query over the index (reused by every face)."""
+    """The practice scope chain of 2.2, as a query over the index (reused by every face); its change feed
+    is what was recorded for it when each change was written (section 5)."""
+    if resource_type == "Provenance":
+        return feed.owned_by(bsnrs)
     organizations = select(S.c.id).where(
         S.c.type == "Organization",
         S.c.param == "identifier",

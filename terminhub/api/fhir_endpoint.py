@@ -19,9 +19,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from terminhub import sweep
 from terminhub.access.audit import audit_event
 from terminhub.access.policy import Caller
 from terminhub.access.tokens import ClientCache, InvalidToken, TokenService
+from terminhub.api import feed as feed_rules
 from terminhub.api import rest, transaction
 from terminhub.api.code_search import names_code
 from terminhub.api.context import Context, Reply
@@ -39,6 +41,7 @@ log = logging.getLogger("terminhub.fhir")
 Operation = Callable[[Context, "Call"], Reply]
 OPERATIONS: dict[tuple[str | None, str], Operation] = {}
 PUBLIC_TYPES = ("OperationDefinition", "SearchParameter")
+EXPIRY_JOBS = ("booking-expiries", "referral-windows")
 
 
 # hook(conn, caller, error, now_us): runs in a refusal's own transaction (e.g. counting failed look-ups)
@@ -177,7 +180,11 @@ class FhirEndpoint:
         """Run one request in one transaction; a refusal rolls back and is audited on its own."""
         ctx: Context | None = None
         try:
-            write = call.method != "GET" or names_code(call.params)  # code searches keep paging state
+            # Code searches keep paging state; a practice's feed polls are counted in the database.
+            write = call.method != "GET" or names_code(call.params) or polls_feed_call(caller, call)
+            if caller.role == "practice" and feed_rules.is_feed_search(call.method, call.segments):
+                # 2.4: a practice's Provenance search first writes down what has expired meanwhile.
+                sweep.run_jobs(self.db, self.settings, EXPIRY_JOBS)
             with self.db.transaction(write=write) as conn:
                 clock = Clock()
                 if self.settings.test_clock:
@@ -326,6 +333,18 @@ class FhirEndpoint:
         else:
             content = orjson.dumps(body, option=orjson.OPT_INDENT_2 if pretty else 0)
         return Response(content, status_code=reply.status, headers=headers, media_type=media.MEDIA[fmt])
+
+
+def polls_feed_call(caller: Caller, call: Call) -> bool:
+    """A practice's GET that the polling rule counts (it writes its mark, so it runs as a writer)."""
+    seg = call.segments
+    if call.method != "GET" or not seg or len(seg) > 2:
+        return False
+    if seg == ["_history"]:
+        return feed_rules.polls_feed(caller, None, call.params, history=True)
+    if len(seg) == 2:
+        return seg[1] == "_history" and feed_rules.polls_feed(caller, seg[0], call.params, history=True)
+    return feed_rules.polls_feed(caller, seg[0], call.params, history=False)
 
 
 def _first(params: list[tuple[str, str]], name: str) -> str | None:

@@ -9,8 +9,14 @@ import orjson
 from sqlalchemy import func, select
 
 from terminhub.api import bundles
+from terminhub.api import feed as feed_rules
 from terminhub.api.code_search import check_codes
 from terminhub.api.context import Context, Reply
+from terminhub.api.practice_rules import (
+    check_practice_write,
+    check_terminprofil_fields,
+    practice_defaults,
+)
 from terminhub.api.references import check_house_rules, check_references
 from terminhub.clock import instant
 from terminhub.fhir.identifiers import check_patient_identifiers
@@ -82,6 +88,7 @@ def prepare(ctx: Context, resource_type: str, resource: dict, deferred: list[dic
     entries are checked once all its entries are written: `deferred`)."""
     validate(resource, resource_type)
     check_patient_identifiers(resource)
+    check_terminprofil_fields(resource)
     if deferred is not None:
         deferred.append(resource)
     else:
@@ -92,6 +99,7 @@ def check_written(ctx: Context, resource: dict) -> None:
     if ctx.policy.checks_references:
         check_references(ctx, resource)
     check_house_rules(ctx, resource)
+    check_practice_write(ctx, resource)
 
 
 def create(
@@ -112,7 +120,7 @@ def create(
         existing = conditional_match(ctx, resource_type, if_none_exist)
         if existing is not None:
             return stored_reply(ctx, existing, 200)
-    resource = dict(resource)
+    resource = practice_defaults(ctx, resource_type, dict(resource))
     resource.pop("id", None)
     prepare(ctx, resource_type, resource, deferred)
     resource_id = resource_id or str(uuid.uuid4())
@@ -235,7 +243,7 @@ def delete(ctx: Context, resource_type: str, resource_id: str) -> Reply:
     if not ctx.visible(resource_type, resource_id):
         raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
     ctx.policy.check_write(resource_type, "delete", current.resource())
-    if resource_type in ("Slot", "Appointment"):
+    if resource_type in ("Schedule", "Slot", "Appointment"):
         ctx.booking().before_delete(current)
     ctx.repo.delete(resource_type, resource_id)
     return Reply(204)
@@ -249,6 +257,9 @@ def search(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> R
     check_params(params)
     params = _resume_hidden(ctx, params)
     request = parse_search(resource_type, params, strict=ctx.strict)
+    if resource_type == "Provenance":
+        feed_rules.check_position(ctx, params)
+    feed_rules.check_poll(ctx, resource_type, params)
     hide = None
     if check_codes(ctx, request):
         now = ctx.clock.now_us()
@@ -309,6 +320,7 @@ def type_history(ctx: Context, resource_type: str | None, params: dict[str, str]
     query = select(V.c.type, V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content)
     if resource_type:
         ctx.policy.check_search(resource_type)
+        feed_rules.check_poll(ctx, resource_type, list(params.items()), history=True)
         query = query.where(V.c.type == resource_type)
         scope = ctx.policy.scope(resource_type)
         if scope is not None:

@@ -82,7 +82,18 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, strict: b
                 raise FhirError("invalid", f"Unknown search parameter {raw_name} for {resource_type}.")
             request.echo.pop()
             request.unknown.append(raw_name)
+    if resource_type == "Provenance":
+        _as_change_feed(request)
     return request
+
+
+def _as_change_feed(request: SearchRequest) -> None:
+    """Provenance searches are the change feed (contract 5): oldest first, each with the current version
+    of the resource it changed."""
+    if not request.sort:
+        request.sort = [("recorded", False)]
+    if not any(include[:2] == ("Provenance", "target") for include in request.includes):
+        request.includes.insert(0, ("Provenance", "target", None, False))
 
 
 def _check_format(param: searchparams.SearchParam, modifier: str, values: tuple[str, ...]) -> None:

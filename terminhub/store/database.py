@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
+from terminhub.store import feed
+
 
 def normalise_url(url: str) -> str:
     """Accept plain `postgresql://` URLs and use psycopg 3 for them."""
@@ -69,8 +71,14 @@ class Database:
     def transaction(self, *, write: bool = False) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             conn.execution_options(write=write)
-            with conn.begin():
-                yield conn
+            feed.begin(conn)
+            try:
+                with conn.begin():
+                    yield conn
+                    # The feed position is stamped last, just before the commit (DESIGN rule 7).
+                    feed.stamp(conn)
+            finally:
+                feed.forget(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
-from terminhub.store import schema
+from terminhub.store import feed, schema
 from terminhub.store.indexer import index_rows, position
 
 NO_OUTBOX = frozenset({"AuditEvent", "Provenance", "OperationDefinition", "SearchParameter"})
@@ -157,6 +157,8 @@ class Repository:
         method = "POST" if current is None or current.deleted else "PUT"
         self._store(resource_type, resource_id, version, now, content, current)
         self._record(resource_type, resource_id, version, now, method, content)
+        previous = current.content if current and not current.deleted else None
+        self._note(resource_type, resource_id, version, method, content, previous)
         self._reindex(resource_type, resource_id, orjson.loads(content))
         return Stored(
             resource_type,
@@ -183,6 +185,7 @@ class Repository:
             .values(version_id=version, last_updated=now, deleted=True, content=None)
         )
         self._record(resource_type, resource_id, version, now, "DELETE", None)
+        self._note(resource_type, resource_id, version, "DELETE", None, current.content)
         self._clear_index(resource_type, resource_id)
         return Stored(resource_type, resource_id, version, now, True, None, method="DELETE")
 
@@ -250,6 +253,31 @@ class Repository:
                     method=method,
                     client_id=self.actor.client_id,
                 )
+            )
+
+    def _note(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        method: str,
+        content: bytes | None,
+        previous: bytes | None,
+    ) -> None:
+        """Changes of the synced types go into the change feed (stamped when the transaction ends)."""
+        if feed.is_synced(resource_type, content, previous):
+            a = self.actor
+            feed.note(
+                self.conn,
+                resource_type,
+                resource_id,
+                version,
+                method,
+                a.client_id,
+                a.role,
+                a.name,
+                had_previous=previous is not None,
+                clock=self.clock,
             )
 
     def _reindex(self, resource_type: str, resource_id: str, resource: dict) -> None:

@@ -178,3 +178,42 @@ search_cursors = Table(
     Column("created", BigInteger, nullable=False),
     Index("ix_search_cursors_created", "created"),
 )
+
+
+# The change feed (contract 5). `feed_clock` is the one-row counter that stamps `Provenance.recorded` at
+# the end of a transaction, under its row lock, so stamps follow commit order across processes.
+feed_clock = Table(
+    "feed_clock",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last", BigInteger, nullable=False),
+)
+
+# Which practices (by BSNR) a Provenance belongs to: those whose scope held the target's new or previous
+# version when it was written. Kept beside the Provenance, because a previous version leaves no index rows.
+feed_owners = Table(
+    "feed_owners",
+    metadata,
+    Column("bsnr", String(16), primary_key=True),
+    Column("recorded", BigInteger, primary_key=True),
+    Column("provenance_id", String(64), nullable=False),
+    Index("ix_feed_owners_provenance", "provenance_id"),
+    Index("ix_feed_owners_recorded", "recorded"),
+)
+
+# The polling rule: when each client's last first page was answered, and which searches it may page on.
+poll_marks = Table(
+    "poll_marks",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("last_first_page", BigInteger, nullable=False),
+)
+
+poll_searches = Table(
+    "poll_searches",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("search_hash", String(64), primary_key=True),
+    Column("answered", BigInteger, nullable=False),
+    Index("ix_poll_searches_answered", "answered"),
+)

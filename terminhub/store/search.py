@@ -40,6 +40,10 @@ Scope = Callable[[str], Select | None]
 R = schema.resources
 S = schema.search_index
 
+# A server-written Provenance's `recorded` is its `meta.lastUpdated` (its feed position): searched and
+# sorted on the resource row itself.
+FEED_POSITION = ("Provenance", "recorded")
+
 # Searches of these types without an `active` criterion return only those whose `active` is true or absent.
 DEFAULT_ACTIVE = frozenset({"HealthcareService", "Schedule"})
 
@@ -129,7 +133,7 @@ class SearchEngine:
     def _sort_columns(self, request: SearchRequest) -> list[tuple[ColumnElement, bool]]:
         cols: list[tuple[ColumnElement, bool]] = []
         for name, descending in request.sort:
-            if name == "_lastUpdated":
+            if name == "_lastUpdated" or (request.resource_type, name) == FEED_POSITION:
                 cols.append((R.c.last_updated, descending))
             elif name == "_id":
                 continue
@@ -151,7 +155,7 @@ class SearchEngine:
             return not_(present) if wanted_missing else present
         if c.name == "_id":
             return R.c.id.in_(list(c.values))
-        if c.name == "_lastUpdated":
+        if c.name == "_lastUpdated" or (resource_type, c.name) == FEED_POSITION:
             return or_(*[_date_compare(R.c.last_updated, R.c.last_updated + 1, v, self.tz) for v in c.values])
         param = c.param
         assert param is not None

@@ -929,11 +929,6 @@ def test_provenance_parameters_are_known(data: Dataset) -> None:
     assert outcomes(bundle) == []
 
 
-@pytest.mark.xfail(
-    reason="no Provenance is written on changes yet (contract 5, change feed; the write path "
-    "in terminhub/store/repository.py)",
-    strict=True,
-)
 def test_provenance_by_target_and_recorded(data: Dataset) -> None:
     slot = data.created["s1"]
     found = matches(

@@ -1,0 +1,310 @@
+"""The change feed: a Provenance for every change of the synced types, stamped in commit order (contract 5).
+
+The repository notes each change as it is written (with the practices whose scope held the previous
+version); `stamp` runs as the last step of the transaction: it takes the row lock of the one-row counter,
+stamps `recorded` = max(now, last + 1 µs) for each change in turn and writes the Provenances. A second
+transaction waits for that lock until the first commits, so its stamps are later and it commits later:
+once a Provenance with `recorded` = T is visible, none with `recorded` ≤ T can appear afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+import orjson
+from sqlalchemy import Connection, delete, insert, select, update
+
+from terminhub.clock import Clock, instant
+from terminhub.fhir.searchparams import BSNR_SYSTEM
+from terminhub.store import schema
+from terminhub.store.indexer import index_rows, split_reference
+
+S = schema.search_index
+R = schema.resources
+UTC = ZoneInfo("UTC")
+
+SYNCED = frozenset({"Practitioner", "PractitionerRole", "Schedule", "Slot", "Appointment"})
+REFERRAL_SYSTEM = "https://fhir.kbv.de/NamingSystem/KBV_NS_116117_TERMINSERVICE_Vermittlungscode"
+ACTIVITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PARTICIPANT_SYSTEM = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+CLIENT_SYSTEM = "urn:terminhub:client"
+ROLE_SYSTEM = "urn:terminhub:role"
+ROLES = frozenset({"admin", "practice", "referrer", "third-party", "scheduling-client", "hub"})
+ACTIVITIES = {"POST": "CREATE", "PUT": "UPDATE", "DELETE": "DELETE"}
+_PENDING = "terminhub.feed.pending"
+_CLOCK = "terminhub.feed.clock"  # the clock of the changes (test-clock offsets included)
+
+
+@dataclass
+class Agent:
+    client_id: str
+    role: str
+    display: str
+
+
+@dataclass
+class Noted:
+    """A change waiting for its stamp."""
+
+    type: str
+    id: str
+    version: int
+    activity: str
+    agent: Agent
+    owners: set[str] = field(default_factory=set)
+
+
+class Settings:
+    """What the feed takes from the deployment: the name the hub signs its own changes with."""
+
+    system_name = "116117 Terminservice"
+
+
+def configure(system_name: str) -> None:
+    Settings.system_name = system_name
+
+
+def is_synced(resource_type: str, content: bytes | None, previous: bytes | None) -> bool:
+    """Whether changes of this resource go into the feed (referral ServiceRequests only, of that type)."""
+    if resource_type in SYNCED:
+        return True
+    if resource_type != "ServiceRequest":
+        return False
+    return any(REFERRAL_SYSTEM.encode() in c for c in (content, previous) if c)
+
+
+# -- noting changes ------------------------------------------------------------------------------------
+def begin(conn: Connection) -> None:
+    """A transaction starts with nothing noted (the connection is reused from a pool)."""
+    conn.info[_PENDING] = []
+
+
+def forget(conn: Connection) -> None:
+    conn.info.pop(_PENDING, None)
+    conn.info.pop(_CLOCK, None)
+
+
+def note(
+    conn: Connection,
+    resource_type: str,
+    resource_id: str,
+    version: int,
+    method: str,
+    client_id: str,
+    role: str,
+    name: str,
+    *,
+    had_previous: bool,
+    clock: Clock,
+) -> None:
+    """Remember a change; the practices that held its previous version are read now, before the index
+    forgets that version."""
+    pending = conn.info.setdefault(_PENDING, [])
+    conn.info[_CLOCK] = clock
+    display = Settings.system_name if client_id == "hub" else name
+    noted = Noted(
+        resource_type,
+        resource_id,
+        version,
+        ACTIVITIES[method],
+        Agent(client_id, role if role in ROLES else "admin", display or client_id),
+    )
+    if had_previous:
+        noted.owners |= Owners(conn).of(resource_type, resource_id)
+    pending.append(noted)
+
+
+# -- stamping ------------------------------------------------------------------------------------------
+def stamp(conn: Connection) -> int:
+    """Write the noted changes' Provenances with their feed positions; the last step before commit."""
+    pending: list[Noted] = conn.info.get(_PENDING) or []
+    if not pending:
+        return 0
+    owners = Owners(conn)
+    for noted in pending:
+        noted.owners |= owners.of(noted.type, noted.id)
+    counter = schema.feed_clock
+    last = conn.execute(select(counter.c.last).where(counter.c.id == 1).with_for_update()).scalar_one()
+    now = (conn.info.get(_CLOCK) or Clock()).now_us()
+    first = max(now, last + 1)
+    resources, versions, index, owner_rows = [], [], [], []
+    for offset, noted in enumerate(pending):
+        recorded = first + offset
+        provenance_id = str(uuid.uuid4())
+        body = provenance(noted, provenance_id, recorded)
+        content = orjson.dumps(body)
+        resources.append(
+            {
+                "type": "Provenance",
+                "id": provenance_id,
+                "version_id": 1,
+                "last_updated": recorded,
+                "deleted": False,
+                "content": content,
+                "created_by": noted.agent.client_id,
+            }
+        )
+        versions.append(
+            {
+                "type": "Provenance",
+                "id": provenance_id,
+                "version_id": 1,
+                "last_updated": recorded,
+                "method": "POST",
+                "content": content,
+            }
+        )
+        index += index_rows("Provenance", provenance_id, body, UTC)
+        owner_rows += [
+            {"bsnr": bsnr, "recorded": recorded, "provenance_id": provenance_id}
+            for bsnr in sorted(noted.owners)
+        ]
+    conn.execute(update(counter).where(counter.c.id == 1).values(last=first + len(pending) - 1))
+    conn.execute(insert(R), resources)
+    conn.execute(insert(schema.resource_versions), versions)
+    if index:
+        conn.execute(insert(S), index)
+    if owner_rows:
+        conn.execute(insert(schema.feed_owners), owner_rows)
+    conn.info[_PENDING] = []
+    return len(pending)
+
+
+def provenance(noted: Noted, provenance_id: str, recorded: int) -> dict:
+    """The Provenance of section 5, with `recorded` (and `meta.lastUpdated`) at the feed position."""
+    at = instant(recorded)
+    return {
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "meta": {"versionId": "1", "lastUpdated": at},
+        "target": [{"reference": f"{noted.type}/{noted.id}/_history/{noted.version}"}],
+        "recorded": at,
+        "activity": {"coding": [{"system": ACTIVITY_SYSTEM, "code": noted.activity}]},
+        "agent": [
+            {
+                "type": {"coding": [{"system": PARTICIPANT_SYSTEM, "code": "author"}]},
+                "role": [{"coding": [{"system": ROLE_SYSTEM, "code": noted.agent.role}]}],
+                "who": {
+                    "identifier": {"system": CLIENT_SYSTEM, "value": noted.agent.client_id},
+                    "display": noted.agent.display,
+                },
+            }
+        ],
+    }
+
+
+# -- whose scope holds a resource ------------------------------------------------------------------------
+class Owners:
+    """The BSNRs whose practice scope (2.2) holds a resource, read from the index; cached per use."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.cache: dict[tuple[str, str], frozenset[str]] = {}
+
+    def of(self, resource_type: str, resource_id: str) -> frozenset[str]:
+        key = (resource_type, resource_id)
+        if key not in self.cache:
+            self.cache[key] = self._compute(resource_type, resource_id)
+        return self.cache[key]
+
+    def _compute(self, resource_type: str, resource_id: str) -> frozenset[str]:
+        if resource_type == "Practitioner":
+            roles = self._referring("PractitionerRole", "practitioner", "Practitioner", resource_id)
+            return self._union("PractitionerRole", roles)
+        if resource_type == "PractitionerRole":
+            return self._organizations(self._refs("PractitionerRole", resource_id, "organization"))
+        if resource_type == "Location":
+            return self._organizations(self._refs("Location", resource_id, "organization"))
+        if resource_type == "Schedule":
+            found: set[str] = set()
+            for ref_type, ref_id in self._refs("Schedule", resource_id, "actor"):
+                if ref_type in ("PractitionerRole", "Location"):
+                    found |= self.of(ref_type, ref_id)
+            return frozenset(found)
+        if resource_type == "Slot":
+            return self._union_refs(self._refs("Slot", resource_id, "schedule"), "Schedule")
+        if resource_type == "Appointment":
+            return self._union_refs(self._refs("Appointment", resource_id, "slot"), "Slot")
+        if resource_type == "ServiceRequest":
+            appointments = self._referring("Appointment", "based-on", "ServiceRequest", resource_id)
+            return self._union("Appointment", appointments)
+        return frozenset()
+
+    def _refs(self, source: str, source_id: str, param: str) -> list[tuple[str, str]]:
+        query = select(S.c.ref_type, S.c.ref_id).where(
+            S.c.type == source, S.c.id == source_id, S.c.param == param, S.c.ref_id.is_not(None)
+        )
+        return [(row.ref_type, row.ref_id) for row in self.conn.execute(query)]
+
+    def _referring(self, source: str, param: str, target_type: str, target_id: str) -> list[str]:
+        query = select(S.c.id).where(
+            S.c.ref_type == target_type, S.c.ref_id == target_id, S.c.param == param, S.c.type == source
+        )
+        return [row.id for row in self.conn.execute(query)]
+
+    def _union(self, resource_type: str, ids: list[str]) -> frozenset[str]:
+        found: set[str] = set()
+        for resource_id in ids:
+            found |= self.of(resource_type, resource_id)
+        return frozenset(found)
+
+    def _union_refs(self, refs: list[tuple[str, str]], wanted: str) -> frozenset[str]:
+        return self._union(wanted, [ref_id for ref_type, ref_id in refs if ref_type == wanted])
+
+    def _organizations(self, refs: list[tuple[str, str]]) -> frozenset[str]:
+        ids = [ref_id for ref_type, ref_id in refs if ref_type == "Organization"]
+        if not ids:
+            return frozenset()
+        query = select(S.c.code).where(
+            S.c.type == "Organization",
+            S.c.param == "identifier",
+            S.c.system == BSNR_SYSTEM,
+            S.c.id.in_(ids),
+        )
+        return frozenset(row.code for row in self.conn.execute(query) if row.code)
+
+
+# -- reading the feed ------------------------------------------------------------------------------------
+def owned_by(bsnrs: tuple[str, ...]):  # noqa: ANN201 - a Select of Provenance ids
+    """The Provenances that belong to a practice with these numbers."""
+    F = schema.feed_owners
+    return select(F.c.provenance_id).where(F.c.bsnr.in_(list(bsnrs) or ["-"]))
+
+
+def target_of(content: bytes) -> tuple[str, str] | None:
+    resource = orjson.loads(content)
+    for target in resource.get("target") or []:
+        found = split_reference(target.get("reference", ""))
+        if found:
+            return found
+    return None
+
+
+# -- retention -------------------------------------------------------------------------------------------
+def sweep(conn: Connection, now_us: int, retention_days: float, limit: int = 5000) -> int:
+    """Forget Provenances older than the retention (a resuming client then gets `feed-expired`)."""
+    horizon = now_us - int(retention_days * 86_400 * 1_000_000)
+    old = [
+        row.id
+        for row in conn.execute(
+            select(R.c.id)
+            .where(R.c.type == "Provenance", R.c.last_updated < horizon)
+            .order_by(R.c.last_updated)
+            .limit(limit)
+        )
+    ]
+    if not old:
+        return 0
+    V, F = schema.resource_versions, schema.feed_owners
+    conn.execute(delete(S).where(S.c.type == "Provenance", S.c.id.in_(old)))
+    conn.execute(delete(V).where(V.c.type == "Provenance", V.c.id.in_(old)))
+    conn.execute(delete(F).where(F.c.provenance_id.in_(old)))
+    conn.execute(delete(R).where(R.c.type == "Provenance", R.c.id.in_(old)))
+    return len(old)
+
+
+def horizon(now_us: int, retention_days: float) -> int:
+    """The oldest feed position that is still served."""
+    return now_us - int(retention_days * 86_400 * 1_000_000)
