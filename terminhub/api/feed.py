@@ -80,7 +80,7 @@ def check_position(ctx: Context, params: list[tuple[str, str]]) -> None:
             continue
         for item in value.split(","):
             prefix, raw = split_prefix(item)
-            if prefix not in ("gt", "ge", "sa"):
+            if prefix != "gt":  # a resumed feed position (other comparisons are plain searches)
                 continue
             try:
                 start = parse_range(raw, ctx.tz)[0]
