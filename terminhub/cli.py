@@ -149,5 +149,45 @@ def demo_clients(
     )
 
 
+@app.command()
+def sync(
+    base_url: Annotated[str, typer.Option("--base-url", help="The hub, e.g. http://127.0.0.1:8080")],
+    client_id: Annotated[str, typer.Option("--client-id", help="The practice client's id")],
+    client_secret: Annotated[
+        str,
+        typer.Option("--client-secret", envvar="TERMINHUB_SYNC_CLIENT_SECRET", help="Its secret"),
+    ],
+    mirror: Annotated[str, typer.Option("--mirror", help="The SQLite file holding the practice's copy")],
+    once: Annotated[bool, typer.Option("--once", help="One sync/poll round, then exit")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between polls (the hub allows one per 300 s)")
+    ] = 300,
+) -> None:
+    """Keep a practice's local mirror in step with the hub (the reference TVS sync client)."""
+    import httpx
+    from rich.console import Console
+
+    from terminhub.sync_client import Hub, HubError, Mirror, SyncRunner
+    from terminhub.sync_client.auth import AuthError
+
+    console = Console(stderr=True)
+    hub, store = Hub(base_url, client_id, client_secret), Mirror(mirror)
+    runner = SyncRunner(hub, store, interval_s=interval, say=lambda line: console.log(line, markup=False))
+    try:
+        if once:
+            result = runner.round()
+            console.log(f"done: {len(result.entries)} changes, position {store.state().position}")
+        else:
+            runner.run()
+    except KeyboardInterrupt:
+        console.log("stopped; the mirror keeps its last committed position")
+    except (HubError, AuthError, httpx.TransportError) as error:
+        console.log(f"sync failed: {error}; the mirror keeps its last committed position", markup=False)
+        raise typer.Exit(1) from error
+    finally:
+        hub.close()
+        store.close()
+
+
 if __name__ == "__main__":
     app()
