@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 import terminhub.api.kbv  # noqa: F401  (registers the operations)
 import terminhub.api.scheduling  # noqa: F401  (registers the operations)
+import terminhub.api.sync  # noqa: F401  (registers the operation)
 from terminhub import sweep
 from terminhub.access.tokens import ClientCache, TokenService, load_signing_key
 from terminhub.api.admin import clock_endpoint

@@ -12,11 +12,13 @@ import uuid
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import select
+
 from terminhub.booking import events
 from terminhub.booking.offer import Offer, offer, schedule_organization
 from terminhub.fhir.dates import DateError, parse_instant
 from terminhub.fhir.outcome import FhirError
-from terminhub.store import claims
+from terminhub.store import claims, schema
 from terminhub.store.indexer import split_reference
 from terminhub.store.repository import Repository, Stored
 
@@ -43,6 +45,7 @@ for _to in ("arrived", "checked-in", "fulfilled", "noshow"):
 for _from in ("arrived", "checked-in"):
     for _to in ("fulfilled", "noshow"):
         TRANSITIONS[(_from, _to)] = frozenset({"practice", "admin"})
+PRACTICE_STATUSES = ("free", "busy")  # what a practice may set a Slot to (contract 5)
 FREE_TO_CHANGE = frozenset({"description", "comment", "patientInstruction", "priority", "meta", "text"})
 POSTPONE_FIELDS = frozenset({"slot", "start", "end", "minutesDuration"})
 
@@ -497,8 +500,12 @@ class BookingService:
             self._write_slot_status(new_slot, "busy")
 
     def before_delete(self, stored: Stored) -> None:
-        """A booked or held Slot cannot be deleted; a deleted active Appointment frees its Slot."""
-        if stored.type == "Slot":
+        """A Schedule with Slots or a booked or held Slot cannot be deleted; a deleted active Appointment
+        frees its Slot."""
+        if stored.type == "Schedule":
+            if self._has_slots(stored.id):
+                raise FhirError("conflict", "The Schedule still has Slots; delete them first.")
+        elif stored.type == "Slot":
             claim = self.settle(stored)
             if claim.booked_at(self.now) or claim.held_at(self.now):
                 raise FhirError("slot-unavailable", "The Slot is booked or held; it cannot be deleted.")
@@ -509,6 +516,33 @@ class BookingService:
                 self._let_go(slot_id, stored.id, appointment)
             if appointment.get("status") in ACTIVE:
                 events.ended(self.repo, stored.id, "admin")
+
+    def _has_slots(self, schedule_id: str) -> bool:
+        """Whether a Slot that is not deleted refers to the Schedule (deleted ones leave no index rows)."""
+        s = schema.search_index
+        query = select(s.c.id).where(
+            s.c.type == "Slot", s.c.param == "schedule", s.c.ref_type == "Schedule", s.c.ref_id == schedule_id
+        )
+        return self.conn.execute(query.limit(1)).first() is not None
+
+    # -- the practice's own word on its Slots (contract 5) ---------------------------------------------
+    def set_practice_status(self, slot: Stored, status: str) -> Stored:
+        """The practice sets its Slot `free` or `busy`: the claim row's base status, so a busy Slot is neither
+        held nor booked until the practice frees it again. A Slot with an active Appointment or a running
+        hold cannot be set free (409); setting it busy ends a running hold. The Slot gets a new version
+        only when the status every reader sees changes."""
+        if status not in PRACTICE_STATUSES:
+            raise FhirError("invalid", "A practice sets a Slot free or busy.", diagnostics=status)
+        claim = self.settle(slot)
+        now = self.now
+        if status == "free" and (claim.booked_at(now) or claim.held_at(now)):
+            raise FhirError("slot-unavailable", "The Slot is booked or held; it cannot be set free.")
+        if status == "busy" and claim.held_at(now):
+            claims.clear_hold(self.conn, slot.id)
+        claims.set_base_status(self.conn, slot.id, status)
+        claim = claims.get(self.conn, slot.id)
+        assert claim is not None
+        return self._write_slot_status(slot.id, claim.status_at(now)) or slot
 
     def admin_slot(self, slot_id: str, resource: dict, exists: bool) -> dict:
         """An admin's Slot write: its status becomes the practice-set base, the invariant is kept."""
