@@ -280,25 +280,31 @@ def synced(world: World) -> Synced:
             "actor": [ref("PractitionerRole", second_role), ref("Location", p.location)],
         }
     )
+    deactivated = world.post(
+        {"resourceType": "Schedule", "active": False, "actor": [ref("PractitionerRole", p.role)]}
+    )
     slots = [world.slot(p) for _ in range(4)] + [world.slot(p, schedule=second_schedule) for _ in range(3)]
+    slots.append(world.slot(p, schedule=deactivated))
     appointments = [world.booked(slot)["id"] for slot in slots[:3]] + [world.booked(slots[5])["id"]]
     expected = {
         "Practitioner": {p.practitioner, second_practitioner},
         "PractitionerRole": {p.role, second_role},
-        "Schedule": {p.schedule, second_schedule},
+        "Schedule": {p.schedule, second_schedule},  # searches without `active` leave out deactivated ones
+        "Schedule?active=false": {deactivated},
         "Slot": set(slots),
         "Appointment": set(appointments),
     }
     return Synced(p, expected)
 
 
-def sync_pages(client: httpx.Client, resource_type: str, count: int) -> list[list[str]]:
-    """Every page of `POST T/_search` with `page` and `_count` up to the first empty one."""
+def sync_pages(client: httpx.Client, search: str, count: int) -> list[list[str]]:
+    """Every page of `POST T/_search` (`search` is `T` or `T?name=value`) with `page` and `_count` up to the
+    first empty one."""
+    resource_type, _, extra = search.partition("?")
     pages: list[list[str]] = []
     for number in range(1, 100):
-        reply = client.post(
-            f"{resource_type}/_search", data={"_count": str(count), "page": str(number)}, headers=FORM
-        )
+        form = {"_count": str(count), "page": str(number), **dict([extra.split("=")] if extra else [])}
+        reply = client.post(f"{resource_type}/_search", data=form, headers=FORM)
         assert reply.status_code == 200, reply.text
         bundle = reply.json()
         found = [r["id"] for r in matches(bundle)]
@@ -312,15 +318,16 @@ def sync_pages(client: httpx.Client, resource_type: str, count: int) -> list[lis
 
 
 @pytest.mark.parametrize(
-    "resource_type", ["Practitioner", "PractitionerRole", "Schedule", "Slot", "Appointment"]
+    "resource_type",
+    ["Practitioner", "PractitionerRole", "Schedule", "Schedule?active=false", "Slot", "Appointment"],
 )
 @pytest.mark.parametrize("count", [1, 3])
 def test_initial_sync_pages_hold_exactly_the_scope_each_once(
     synced: Synced, resource_type: str, count: int
 ) -> None:
     """The initial sync by `POST T/_search` with `page` and `_count`: the pages together hold every resource
-    of the practice's scope exactly once and nothing else; the page after the last is empty, with no
-    `next`."""
+    of the practice's scope exactly once and nothing else (deactivated Schedules are asked for with
+    `active=false`, as in every Schedule search); the page after the last is empty, with no `next`."""
     pages = sync_pages(synced.practice.client, resource_type, count)
     found = [resource_id for page in pages for resource_id in page]
     assert len(found) == len(set(found))
@@ -342,9 +349,9 @@ def test_an_unfiltered_search_of_another_practice_meets_nothing_of_this_one(
     synced: Synced, other: Practice
 ) -> None:
     """Scope: another practice's sync holds none of these resources."""
-    for resource_type, expected in synced.expected.items():
-        reply = other.client.post(f"{resource_type}/_search", data={"_count": "1000"}, headers=FORM)
-        assert not ids(reply) & expected, resource_type
+    for search, expected in synced.expected.items():
+        found = {resource_id for page in sync_pages(other.client, search, 1000) for resource_id in page}
+        assert not found & expected, search
 
 
 # == bsnr and lanr =======================================================================================
