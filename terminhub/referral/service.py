@@ -200,7 +200,8 @@ class ReferralService:
             raise FhirError("code-unknown", "This referral code is not known.")
         ref = self._load(row)
         if ref.window_end is not None and ref.window_end <= self.now and ref.status in ("draft", "revoked"):
-            ref = self._set_status(ref, "completed", expired=True)
+            # the window's end is the hub's change, whoever finds it first
+            ref = self._set_status(ref, "completed", expired=True, repo=self.repo.acting_as(HUB))
         return ref
 
     def _load(self, row) -> Referral:  # noqa: ANN001
@@ -304,10 +305,14 @@ class ReferralService:
             return self._set_status(ref, "completed")
         return self._set_status(ref, "revoked")
 
-    def _set_status(self, ref: Referral, status: str, *, expired: bool = False) -> Referral:
+    def _set_status(
+        self, ref: Referral, status: str, *, expired: bool = False, repo: Repository | None = None
+    ) -> Referral:
         resource = ref.service_request.resource()
         resource["status"] = status
-        ref.service_request = self.repo.save("ServiceRequest", resource, resource_id=ref.service_request.id)
+        ref.service_request = (repo or self.repo).save(
+            "ServiceRequest", resource, resource_id=ref.service_request.id
+        )
         ref.status = status
         if expired or status == "completed":
             self.conn.execute(update(T).where(T.c.code == ref.code).values(expired=expired, closed=True))

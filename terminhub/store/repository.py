@@ -74,6 +74,10 @@ class Repository:
     actor: Actor
     changes: list[Change] = field(default_factory=list)
 
+    def acting_as(self, actor: Actor) -> Repository:
+        """The same transaction, changes recorded for another agent (the hub writing down an expiry)."""
+        return Repository(self.conn, self.clock, self.tz, actor, self.changes)
+
     # -- reading -------------------------------------------------------------------------------------
     def get(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Stored | None:
         """The current version, deleted ones included (their content is None)."""

@@ -454,3 +454,37 @@ def test_other_roles_are_not_limited(world: World) -> None:
     for _ in range(3):
         assert world.admin.get("Provenance", params={"_count": "1"}).status_code == 200
         assert world.admin.get("Slot/_history", params={"_count": "1"}).status_code == 200
+
+
+def test_an_expiry_found_by_another_clients_write_is_still_the_hubs(world: World) -> None:
+    """A lapsed hold written down because another client holds the Slot: that version's agent is the hub."""
+    slot = world.slot("own")
+    first = world.server.client("scheduling-client")
+    second_cred = world.server.add_client("scheduling-client", "second booker")
+    second = httpx.Client(
+        base_url=world.server.fhir, headers={"Authorization": f"Bearer {world.server.token_for(second_cred)}"}
+    )
+    hold = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "slot-reference", "valueReference": {"reference": f"Slot/{slot['id']}"}},
+            {"name": "slot-status", "valueCode": "busy-tentative"},
+        ],
+    }
+    assert first.post("Slot/$hold", json=hold).status_code == 200
+    try:
+        set_clock(world, 3600)
+        assert second.post("Slot/$hold", json=hold).status_code == 200
+    finally:
+        set_clock(world, 0)
+    found = provenances(world.admin.get("Provenance", params={"target": f"Slot/{slot['id']}"}))
+    agents = [
+        (p["target"][0]["reference"].rsplit("/", 1)[1], p["agent"][0]["who"]["identifier"]["value"])
+        for p in found
+    ]
+    assert agents == [
+        ("1", world.server.credentials["admin"].client_id),
+        ("2", world.server.credentials["scheduling-client"].client_id),
+        ("3", "hub"),
+        ("4", second_cred.client_id),
+    ]
