@@ -20,7 +20,7 @@ from terminhub.fhir.dates import DateError, parse_instant
 from terminhub.fhir.outcome import FhirError
 from terminhub.store import claims, schema
 from terminhub.store.indexer import split_reference
-from terminhub.store.repository import Repository, Stored
+from terminhub.store.repository import HUB, Repository, Stored
 
 ACTIVE = frozenset({"booked", "pending", "arrived", "checked-in", "fulfilled"})
 CANCELLATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason"
@@ -99,31 +99,34 @@ class BookingService:
         if claim.hold_owner and claim.held_until is not None and claim.held_until <= now:
             claims.clear_hold(self.conn, slot.id)
             claim = claims.get(self.conn, slot.id)
-            self._write_slot_status(slot.id, claim.status_at(now))
+            self._write_slot_status(slot.id, claim.status_at(now), self.repo.acting_as(HUB))
         return claim
 
     def _expire_pending(self, slot_id: str, appointment_id: str) -> None:
-        """An unconfirmed booking past its time: cancelled by the hub, the Slot freed."""
-        stored = self.repo.get("Appointment", appointment_id, for_update=True)
+        """An unconfirmed booking past its time: cancelled by the hub (also when a caller's write finds
+        it first: the change is the hub's), the Slot freed."""
+        hub = self.repo.acting_as(HUB)
+        stored = hub.get("Appointment", appointment_id, for_update=True)
         claims.free(self.conn, slot_id, appointment_id)
         if stored and not stored.deleted:
             appointment = stored.resource()
             if appointment.get("status") == "pending":
                 appointment["status"] = "cancelled"
                 appointment["cancelationReason"] = reason("other")
-                self.repo.save("Appointment", appointment, resource_id=appointment_id)
-        events.ended(self.repo, appointment_id, "hub")
-        self._write_slot_status(slot_id, "free")
+                hub.save("Appointment", appointment, resource_id=appointment_id)
+        events.ended(hub, appointment_id, "hub")
+        self._write_slot_status(slot_id, "free", hub)
 
-    def _write_slot_status(self, slot_id: str, status: str) -> Stored | None:
-        stored = self.repo.get("Slot", slot_id, for_update=True)
+    def _write_slot_status(self, slot_id: str, status: str, repo: Repository | None = None) -> Stored | None:
+        repo = repo or self.repo
+        stored = repo.get("Slot", slot_id, for_update=True)
         if stored is None or stored.deleted:
             return None
         resource = stored.resource()
         if resource.get("status") == status:
             return stored
         resource["status"] = status
-        return self.repo.save("Slot", resource, resource_id=slot_id)
+        return repo.save("Slot", resource, resource_id=slot_id)
 
     def load_slot(self, slot_id: str) -> Stored:
         stored = self.repo.get("Slot", slot_id)
