@@ -65,6 +65,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url)
+        feed.follow_savepoints(self.engine)
         self.sqlite = is_sqlite(self.url)
 
     @contextmanager

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, event, insert, select, update
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.searchparams import BSNR_SYSTEM
@@ -81,9 +81,36 @@ def begin(conn: Connection) -> None:
     conn.info[_PENDING] = []
 
 
+_MARKS = "terminhub.feed.savepoints"
+
+
+def follow_savepoints(engine: Engine) -> None:
+    """A change rolled back with its savepoint (a failed batch entry) leaves no Provenance."""
+
+    # Savepoints nest, so their marks form a stack (the event is not always told the savepoint's name).
+    @event.listens_for(engine, "savepoint")
+    def _savepoint(conn: Connection, _name: str | None) -> None:
+        conn.info.setdefault(_MARKS, []).append(len(conn.info.get(_PENDING) or []))
+
+    @event.listens_for(engine, "rollback_savepoint")
+    def _rollback(conn: Connection, _name: str | None, _context: object) -> None:
+        marks = conn.info.get(_MARKS)
+        if marks:
+            mark = marks.pop()
+            if conn.info.get(_PENDING) is not None:
+                del conn.info[_PENDING][mark:]
+
+    @event.listens_for(engine, "release_savepoint")
+    def _release(conn: Connection, _name: str | None, _context: object) -> None:
+        marks = conn.info.get(_MARKS)
+        if marks:
+            marks.pop()
+
+
 def forget(conn: Connection) -> None:
     conn.info.pop(_PENDING, None)
     conn.info.pop(_CLOCK, None)
+    conn.info.pop(_MARKS, None)
 
 
 def note(

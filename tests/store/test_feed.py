@@ -180,3 +180,18 @@ def test_provenances_older_than_the_retention_are_forgotten(db: Database) -> Non
             conn.execute(select(func.count()).select_from(F).where(F.c.recorded < horizon)).scalar_one() == 0
         )
     assert feed.horizon(to_us(START), 90) < to_us(START)
+
+
+def test_a_change_rolled_back_with_its_savepoint_leaves_no_provenance(db: Database) -> None:
+    """A failed batch entry is undone by its savepoint; the rest of the transaction keeps its Provenances."""
+    clock = FixedClock(START)
+    schedule = practice(db, clock, bsnr())
+    ids: dict[str, str] = {}
+    with db.transaction(write=True) as conn:
+        repo = Repository(conn, clock, BERLIN, ADMIN)
+        ids["kept"] = repo.save("Slot", slot(schedule)).id
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            ids["undone"] = repo.save("Slot", slot(schedule)).id
+            raise RuntimeError("this entry failed")
+    assert len(provenances_of(db, "Slot", ids["kept"])) == 1
+    assert provenances_of(db, "Slot", ids["undone"]) == []
