@@ -257,6 +257,8 @@ def search(ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> R
     check_params(params)
     params = _resume_hidden(ctx, params)
     request = parse_search(resource_type, params, strict=ctx.strict)
+    if ctx.caller.role == "practice":
+        request.default_active = False  # section 5: a practice's search without a filter is its whole scope
     if resource_type == "Provenance":
         feed_rules.check_position(ctx, params)
     feed_rules.check_poll(ctx, resource_type, params)

@@ -289,7 +289,8 @@ def synced(world: World) -> Synced:
     expected = {
         "Practitioner": {p.practitioner, second_practitioner},
         "PractitionerRole": {p.role, second_role},
-        "Schedule": {p.schedule, second_schedule},  # searches without `active` leave out deactivated ones
+        # section 5: a practice's search without a filter is its whole scope, deactivated Schedules too
+        "Schedule": {p.schedule, second_schedule, deactivated},
         "Schedule?active=false": {deactivated},
         "Slot": set(slots),
         "Appointment": set(appointments),
@@ -476,7 +477,9 @@ def test_practice_creates_updates_and_deactivates_its_terminprofil(mine: Practic
     assert reply.status_code == 200, reply.text
     assert client.get(f"Schedule/{schedule['id']}").json()["active"] is False
     assert schedule["id"] in ids(client.get("Schedule", params={"active": "false"}))
-    assert schedule["id"] not in ids(client.get("Schedule"))
+    assert schedule["id"] not in ids(client.get("Schedule", params={"active": "true"}))
+    # a practice's search without a filter is its whole scope (section 5)
+    assert schedule["id"] in ids(client.get("Schedule"))
 
 
 def test_practice_terminprofil_in_a_transaction(mine: Practice) -> None:
