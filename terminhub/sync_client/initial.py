@@ -11,13 +11,12 @@ from terminhub.sync_client.bundle import before
 from terminhub.sync_client.hub import PAGE_SIZE, Hub
 from terminhub.sync_client.mirror import Mirror
 
-# What the initial sync asks for, in this order. Schedule searches without `active` leave out deactivated
-# Schedules, which the feed does report: they are asked for separately.
+# What the initial sync asks for, in this order. A practice's search without a filter returns its whole
+# scope (deactivated Schedules included).
 SEARCHES: tuple[tuple[str, dict[str, str]], ...] = (
     ("Practitioner", {}),
     ("PractitionerRole", {}),
     ("Schedule", {}),
-    ("Schedule", {"active": "false"}),
     ("Slot", {}),
     ("Appointment", {"_include": "Appointment:patient"}),
 )

@@ -135,8 +135,8 @@ class FakeHub:
 
     def _search(self, resource_type: str, params: dict[str, str]) -> httpx.Response:
         found = [r for (t, _), r in sorted(self.current.items()) if t == resource_type]
-        if resource_type == "Schedule":
-            inactive = params.get("active") == "false"
+        if resource_type == "Schedule" and "active" in params:
+            inactive = params["active"] == "false"
             found = [r for r in found if (r.get("active") is False) == inactive]
         count = min(int(params.get("_count", "50")), self.page_size)
         offset = int(params.get("_cursor", "0"))

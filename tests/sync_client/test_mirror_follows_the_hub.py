@@ -240,9 +240,8 @@ def hub_view(practice: Practice) -> dict[tuple[str, str], dict]:
     """Everything of the mirrored types the practice sees now, by full searches."""
     assert practice.client is not None
     seen: dict[tuple[str, str], dict] = {}
-    searches = [(t, {}) for t in MIRRORED] + [("Schedule", {"active": "false"})]
-    for resource_type, extra in searches:
-        reply = practice.client.get(resource_type, params={"_count": "1000", **extra})
+    for resource_type in MIRRORED:
+        reply = practice.client.get(resource_type, params={"_count": "1000"})
         while True:
             bundle = ok(reply)
             for entry in bundle.get("entry", []):
