@@ -54,6 +54,7 @@ class Noted:
     activity: str
     agent: Agent
     owners: set[str] = field(default_factory=set)
+    parents: list[tuple[str, str]] | None = None  # what puts this version in scope, read from its content
 
 
 class Settings:
@@ -125,6 +126,7 @@ def note(
     *,
     had_previous: bool,
     clock: Clock,
+    content: bytes | None = None,
 ) -> None:
     """Remember a change; the practices that held its previous version are read now, before the index
     forgets that version."""
@@ -140,7 +142,29 @@ def note(
     )
     if had_previous:
         noted.owners |= Owners(conn).of(resource_type, resource_id)
+    if content is not None and resource_type in PARENTS:
+        noted.parents = parents_of(resource_type, orjson.loads(content))
     pending.append(noted)
+
+
+# The references through which a version of these types enters a practice's scope (2.2).
+PARENTS = {
+    "PractitionerRole": ("organization", ("Organization",)),
+    "Schedule": ("actor", ("PractitionerRole", "Location")),
+    "Slot": ("schedule", ("Schedule",)),
+    "Appointment": ("slot", ("Slot",)),
+}
+
+
+def parents_of(resource_type: str, resource: dict) -> list[tuple[str, str]]:
+    key, types = PARENTS[resource_type]
+    value = resource.get(key)
+    found = []
+    for item in value if isinstance(value, list) else [value]:
+        ref = split_reference(item.get("reference", "")) if isinstance(item, dict) else None
+        if ref and ref[0] in types:
+            found.append(ref)
+    return found
 
 
 # -- stamping ------------------------------------------------------------------------------------------
@@ -151,7 +175,10 @@ def stamp(conn: Connection) -> int:
         return 0
     owners = Owners(conn)
     for noted in pending:
-        noted.owners |= owners.of(noted.type, noted.id)
+        if noted.parents is None:
+            noted.owners |= owners.of(noted.type, noted.id)
+        else:
+            noted.owners |= owners.through(noted.parents)
     counter = schema.feed_clock
     last = conn.execute(select(counter.c.last).where(counter.c.id == 1).with_for_update()).scalar_one()
     now = (conn.info.get(_CLOCK) or Clock()).now_us()
@@ -258,6 +285,15 @@ class Owners:
             appointments = self._referring("Appointment", "based-on", "ServiceRequest", resource_id)
             return self._union("Appointment", appointments)
         return frozenset()
+
+    def through(self, parents: list[tuple[str, str]]) -> frozenset[str]:
+        """The owners of a version whose parents are known (its content names them)."""
+        organizations = [p for p in parents if p[0] == "Organization"]
+        found = set(self._organizations(organizations)) if organizations else set()
+        for parent_type, parent_id in parents:
+            if parent_type != "Organization":
+                found |= self.of(parent_type, parent_id)
+        return frozenset(found)
 
     def _refs(self, source: str, source_id: str, param: str) -> list[tuple[str, str]]:
         query = select(S.c.ref_type, S.c.ref_id).where(

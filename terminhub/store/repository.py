@@ -282,6 +282,7 @@ class Repository:
                 a.name,
                 had_previous=previous is not None,
                 clock=self.clock,
+                content=content,
             )
 
     def _reindex(self, resource_type: str, resource_id: str, resource: dict) -> None:
