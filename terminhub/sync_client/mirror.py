@@ -84,7 +84,28 @@ class Writer:
         return True
 
     def remove(self, key: Key) -> bool:
-        return self._db.execute("DELETE FROM resources WHERE type = ? AND id = ?", key).rowcount > 0
+        """Remove a resource and what was in the practice's scope only through it: a Schedule's Slots,
+        a Slot's Appointments. They leave the scope with it, without a change of their own."""
+        removed = self._db.execute("DELETE FROM resources WHERE type = ? AND id = ?", key).rowcount > 0
+        for dependant in self._dependants(key):
+            self.remove(dependant)
+        return removed
+
+    def _dependants(self, key: Key) -> list[Key]:
+        reference = f"{key[0]}/{key[1]}"
+        if key[0] == "Schedule":
+            query = (
+                "SELECT type, id FROM resources WHERE type = 'Slot' "
+                "AND json_extract(content, '$.schedule.reference') = ?"
+            )
+        elif key[0] == "Slot":
+            query = (
+                "SELECT DISTINCT r.type, r.id FROM resources r, json_each(r.content, '$.slot') s "
+                "WHERE r.type = 'Appointment' AND json_extract(s.value, '$.reference') = ?"
+            )
+        else:
+            return []
+        return [(t, i) for t, i in self._db.execute(query, (reference,))]
 
     def set_position(self, position: str) -> None:
         self._db.execute("UPDATE state SET position = ? WHERE singleton = 1", (position,))

@@ -74,3 +74,21 @@ def test_the_journal_keeps_only_its_last_entries(tmp_path: Path, monkeypatch: py
         for n in range(5):
             writer.log(JournalEntry(f"t{n}", f"Slot/s1/_history/{n + 1}", "UPDATE", "skipped"))
     assert [e.recorded for e in mirror.journal()] == ["t2", "t3", "t4"]
+
+
+def test_removing_a_schedule_removes_its_slots_and_their_appointments(tmp_path: Path) -> None:
+    """They were in the practice's scope only through it, and leave it without a Provenance of their own."""
+
+    def resource(resource_type: str, resource_id: str, **fields: object) -> dict:
+        return {"resourceType": resource_type, "id": resource_id, "meta": {"versionId": "1"}, **fields}
+
+    mirror = Mirror(tmp_path / "m.db")
+    with mirror.transaction() as writer:
+        writer.store_if_newer(resource("Schedule", "moved"))
+        writer.store_if_newer(resource("Schedule", "kept"))
+        writer.store_if_newer(resource("Slot", "a", schedule={"reference": "Schedule/moved"}))
+        writer.store_if_newer(resource("Slot", "b", schedule={"reference": "Schedule/kept"}))
+        writer.store_if_newer(resource("Appointment", "on-a", slot=[{"reference": "Slot/a"}]))
+        writer.store_if_newer(resource("Appointment", "on-b", slot=[{"reference": "Slot/b"}]))
+        assert writer.remove(("Schedule", "moved"))
+    assert set(mirror.versions()) == {("Schedule", "kept"), ("Slot", "b"), ("Appointment", "on-b")}
