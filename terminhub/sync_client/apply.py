@@ -25,6 +25,9 @@ class PageResult:
 
     entries: list[JournalEntry] = field(default_factory=list)
     position: str | None = None
+    # Schedules that came into the practice's scope by an update (e.g. moved to its PractitionerRole):
+    # their Slots and Appointments came with them, without a change of their own.
+    arrived: list[str] = field(default_factory=list)
 
     def count(self, effect: str) -> int:
         return sum(1 for e in self.entries if e.effect.startswith(effect))
@@ -38,6 +41,8 @@ def apply_page(writer: Writer, page: Page) -> PageResult:
         if provenance.get("resourceType") != "Provenance":
             continue
         entry = _apply_one(writer, provenance, page.includes)
+        if entry.target.startswith("Schedule/") and entry.effect.endswith("(new here)"):
+            result.arrived.append(parse_target(entry.target)[0][1])
         writer.log(entry)
         result.entries.append(entry)
         result.position = entry.recorded
@@ -70,7 +75,9 @@ def _apply_one(writer: Writer, provenance: dict, includes: dict[Key, dict]) -> J
             return JournalEntry(recorded, target, activity, f"removed v{held} (gone)")
         return JournalEntry(recorded, target, activity, "skipped")
     if writer.store_if_newer(current):
-        return JournalEntry(recorded, target, activity, f"stored v{version_of(current)}")
+        # A Schedule that was changed elsewhere and is new here came into scope: its Slots come next.
+        arrival = " (new here)" if key[0] == "Schedule" and held is None and activity == "UPDATE" else ""
+        return JournalEntry(recorded, target, activity, f"stored v{version_of(current)}{arrival}")
     return JournalEntry(recorded, target, activity, "skipped")
 
 

@@ -4,15 +4,16 @@ the hub's polling rule. Time is injected (`sleep`, `clock`), so tests run the ru
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
 
 from terminhub.sync_client.apply import PageResult, apply_page
+from terminhub.sync_client.bundle import Page
 from terminhub.sync_client.hub import Hub, HubError
 from terminhub.sync_client.initial import SAFETY_MARGIN_S, InitialResult, initial_sync
-from terminhub.sync_client.mirror import JournalEntry, Mirror
+from terminhub.sync_client.mirror import JournalEntry, Mirror, Writer
 
 DEFAULT_INTERVAL_S = 300.0  # the hub's TERMINHUB_PROVENANCE_MIN_INTERVAL_S default (116117: 5 minutes)
 
@@ -101,6 +102,8 @@ class SyncRunner:
         while True:
             with self.mirror.transaction() as writer:
                 applied: PageResult = apply_page(writer, page)
+                for schedule in applied.arrived:
+                    self._fetch_arrived(writer, schedule)
             result.entries += applied.entries
             result.position = applied.position or result.position
             if applied.entries:
@@ -112,6 +115,29 @@ class SyncRunner:
             if not page.next_url:
                 return
             page = self.hub.follow(page.next_url)
+
+    def _fetch_arrived(self, writer: Writer, schedule: str) -> None:
+        """A Schedule that entered the scope brings its Slots and their Appointments (and Patients):
+        read them with plain searches, which the polling rule does not limit."""
+        slots: list[str] = []
+        for page in self._pages("Slot", {"schedule": f"Schedule/{schedule}", "_count": "1000"}):
+            for slot in page.matches:
+                writer.store_if_newer(slot)
+                slots.append(slot["id"])
+        for start in range(0, len(slots), 100):
+            wanted = ",".join(f"Slot/{s}" for s in slots[start : start + 100])
+            query = {"slot": wanted, "_include": "Appointment:patient", "_count": "1000"}
+            for page in self._pages("Appointment", query):
+                for resource in [*page.matches, *page.includes.values()]:
+                    writer.store_if_newer(resource)
+        self.say(f"Schedule/{schedule} came into scope with {len(slots)} Slots")
+
+    def _pages(self, resource_type: str, params: dict[str, str]) -> Iterator[Page]:
+        page = self.hub.search(resource_type, params)
+        yield page
+        while page.next_url:
+            page = self.hub.follow(page.next_url)
+            yield page
 
     def _pace(self) -> None:
         if self._last_poll is not None:

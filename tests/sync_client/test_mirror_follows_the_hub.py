@@ -410,6 +410,30 @@ def test_the_mirror_follows_a_day_at_the_hub(hub: Server, tmp_path: Path) -> Non
         moved = ok(admin.get(f"Schedule/{own.inactive_schedule}"))
         moved["actor"] = [{"reference": f"PractitionerRole/{other.role}"}]
         ok(admin.put(f"Schedule/{own.inactive_schedule}", json=moved))
+        poll("a Terminprofil left our scope")
+
+        # The other way round: a Terminprofil of the other practice, with Slots and a booking, is handed to
+        # ours. Its Slots and the Appointment come with it, without a change of their own.
+        handed = ok(
+            admin.post(
+                "Schedule",
+                json={
+                    "resourceType": "Schedule",
+                    "active": True,
+                    "actor": [{"reference": f"PractitionerRole/{other.role}"}],
+                },
+            ),
+            201,
+        )
+        handed_slots = []
+        for _ in range(3):
+            body = other.slot_body() | {"schedule": {"reference": f"Schedule/{handed['id']}"}}
+            handed_slots.append(ok(admin.post("Slot", json=body), 201)["id"])
+        book(scheduler, handed_slots[0])
+        handed["actor"] = [{"reference": f"PractitionerRole/{own.role}"}]
+        ok(admin.put(f"Schedule/{handed['id']}", json=handed))
+        poll("a Terminprofil came into our scope")
+        assert ("Slot", handed_slots[2]) in mirror.versions()
 
         # The client restarts: a new runner on the same mirror file resumes from its position.
         ok(own.client.post("Slot", json=own.slot_body(4)), 201)
