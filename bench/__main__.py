@@ -1,8 +1,237 @@
-"""`make bench`: not built yet — the benchmark comes with its own issue; this says so and exits cleanly."""
+"""`make bench`: set up a fresh database and server, load data through the API, measure the hot paths.
 
+`python -m bench [--quick] [--databases sqlite,postgresql]`; PostgreSQL is skipped when unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-print(
-    "terminhub bench: the benchmark of the hot paths is not implemented yet (planned: bench/).",
-    file=sys.stderr,
-)
+import httpx
+from rich.console import Console
+from sqlalchemy import create_engine, text
+
+from bench import data, load, report
+from terminhub.store.database import normalise_url
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PG_SERVER = os.environ.get("TERMINHUB_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432")
+console = Console()
+
+
+def _terminhub(*args: str, env: dict[str, str]) -> str:
+    done = subprocess.run([str(BIN / "terminhub"), *args], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"terminhub {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def _client(name: str, role: str, env: dict[str, str], bsnr: str | None = None) -> dict:
+    args = ["clients", "add", "--name", name, "--role", role] + (["--bsnr", bsnr] if bsnr else [])
+    out = _terminhub(*args, env=env)
+    return json.loads(out[out.index("{") : out.rindex("}") + 1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_reachable() -> bool:
+    try:
+        with create_engine(normalise_url(PG_SERVER + "/postgres")).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: no PostgreSQL here
+        return False
+
+
+@contextmanager
+def fresh_database(kind: str) -> Iterator[str]:
+    """A new, empty database of `kind`; a PostgreSQL one is dropped afterwards."""
+    name = f"terminhub_bench_{secrets.token_hex(4)}"
+    if kind == "sqlite":
+        path = ROOT / "var" / "bench" / f"{name}.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return
+    admin = create_engine(normalise_url(PG_SERVER + "/postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def server(url: str, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`terminhub serve --workers 2` on `port`, until it answers /fhir/metadata."""
+    log = open(ROOT / "var" / "bench" / "server.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(BIN / "terminhub"), "serve", "--workers", "2", "--port", str(port), "--database", url],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start; see var/bench/server.log")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The highest peak resident set (VmHWM) of the server's worker processes."""
+    peaks = []
+    for child in _descendants(pid):
+        try:
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return max(peaks) if peaks else None
+
+
+def db_floor(url: str, seconds: float) -> float:
+    """Transactions/s of the booking's conditional UPDATE on slot_claims, one per transaction, then undone."""
+    engine = create_engine(normalise_url(url))
+    with engine.connect() as conn:
+        free = conn.execute(text("SELECT slot_id FROM slot_claims WHERE appointment_id IS NULL"))
+        ids = [r[0] for r in free]
+    update = text("UPDATE slot_claims SET appointment_id = :a WHERE slot_id = :s AND appointment_id IS NULL")
+    done: list[str] = []
+    with engine.connect() as conn:
+        deadline = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        for slot_id in ids:
+            if time.perf_counter() >= deadline:
+                break
+            with conn.begin():
+                conn.execute(update, {"a": f"bench-{uuid.uuid4().hex[:16]}", "s": slot_id})
+            done.append(slot_id)
+        elapsed = time.perf_counter() - t0
+        with conn.begin():
+            conn.execute(
+                text("UPDATE slot_claims SET appointment_id = NULL WHERE appointment_id LIKE 'bench-%'")
+            )
+    engine.dispose()
+    return len(done) / elapsed
+
+
+def run_one(kind: str, quick: bool) -> dict:
+    """The whole benchmark against one fresh database."""
+    practices, slots = (20, 20_000) if quick else (5_000, 1_000_000)
+    seconds = 10.0 if quick else 30.0
+    result: dict = dict.fromkeys(report.KEYS) | {"machine": report.machine(), "database": kind}
+    with fresh_database(kind) as url:
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = os.environ | {"TERMINHUB_DATABASE_URL": url, "TERMINHUB_BASE_URL": base}
+        console.print(f"[bold]{kind}[/]: {url}")
+        _terminhub("db", "upgrade", "--database", url, env=env)
+        admin = _client("bench-admin", "admin", env)
+        _client("bench-practice", "practice", env, bsnr=data.bsnr(1))
+        with server(url, port, env) as proc, httpx.Client(base_url=base) as http:
+            admin_token = data.token(http, admin["client_id"], admin["client_secret"])
+            console.print(f"loading {practices:,} practices and {slots:,} slots …")
+            loaded = data.load(base, admin_token, practices, slots)
+            result["slots"] = loaded.slots
+            result["load_slots_per_s"] = round(loaded.slots_per_s, 1)
+            rate = loaded.slots_per_s
+            console.print(f"  {loaded.slots:,} slots in {loaded.seconds:.1f} s: {rate:,.0f} slots/s")
+
+            def measure(name: str, paths: list[str], token: str | None) -> load.Result:
+                r = load.run(name, base, paths, token=token, seconds=seconds)
+                console.print(
+                    f"  {name}: {r.rps:,.0f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, "
+                    f"{r.errors} errors"
+                )
+                return r
+
+            floor = measure("http floor", ["/fhir/metadata"], None)
+            result["http_floor_rps"] = round(floor.rps, 1)
+            result["http_floor_p99_ms"] = round(floor.p99_ms, 2)
+            token = data.token(http, admin["client_id"], admin["client_secret"])
+            read = measure("read", [f"/fhir/Slot/{i}" for i in loaded.slot_ids], token)
+            result |= {"read_rps": round(read.rps, 1), "read_p99_ms": round(read.p99_ms, 2)}
+            result["read_p50_ms"] = round(read.p50_ms, 2)
+            day = loaded.first_day.isoformat()
+            search_paths = [
+                f"/fhir/Slot?specialty={data.FACHGEBIET_SYSTEM}|{code}&start=ge{day}&status=free&_count=20"
+                for code in loaded.specialties
+            ]
+            search = measure("search", search_paths, token)
+            result |= {"search_rps": round(search.rps, 1), "search_p99_ms": round(search.p99_ms, 2)}
+            result["search_p50_ms"] = round(search.p50_ms, 2)
+            result["server_rss_mb"] = round(rss, 1) if (rss := peak_rss_mb(proc.pid)) else None
+        tps = db_floor(url, seconds)
+        result["db_floor_tps"] = round(tps, 1)
+        console.print(f"  db floor: {tps:,.0f} tx/s")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="20 practices, 20,000 slots, 10 s per workload")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    args = parser.parse_args()
+    results = []
+    for kind in args.databases.split(","):
+        if kind == "postgresql" and not _pg_reachable():
+            console.print(f"PostgreSQL at {PG_SERVER} is not reachable: skipped")
+            continue
+        results.append(run_one(kind, args.quick))
+    report.write(results, console)
+
+
+if __name__ == "__main__":
+    main()
