@@ -170,7 +170,7 @@ def db_floor(url: str, seconds: float) -> float:
 def run_one(kind: str, quick: bool) -> dict:
     """The whole benchmark against one fresh database."""
     practices, slots = (20, 20_000) if quick else (5_000, 1_000_000)
-    seconds = 10.0 if quick else 30.0
+    seconds = 5.0 if quick else 30.0
     result: dict = dict.fromkeys(report.KEYS) | {"machine": report.machine(), "database": kind}
     with fresh_database(kind) as url:
         port = _free_port()
@@ -221,7 +221,7 @@ def run_one(kind: str, quick: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="20 practices, 20,000 slots, 10 s per workload")
+    parser.add_argument("--quick", action="store_true", help="20 practices, 20,000 slots, 5 s per workload")
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
     results = []
