@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 DATABASE ?= sqlite:///var/terminhub.db
 PORT ?= 8080
 export TERMINHUB_DATABASE_URL ?= $(DATABASE)
@@ -32,7 +33,11 @@ test: install
 lint: install
 	$(BIN)/ruff check terminhub tests bench
 
-bench: install
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:
