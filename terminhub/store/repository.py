@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
-from terminhub.store import feed, schema
+from terminhub.store import feed, schema, slot_offers
 from terminhub.store.indexer import index_rows, position
 
 NO_OUTBOX = frozenset({"AuditEvent", "Provenance", "OperationDefinition", "SearchParameter"})
@@ -290,6 +290,8 @@ class Repository:
         rows = index_rows(resource_type, resource_id, resource, self.tz)
         if rows:
             self.conn.execute(insert(schema.search_index), rows)
+        start = next((row["lo"] for row in rows if row["param"] == "start"), None)
+        slot_offers.refresh(self.conn, resource_type, resource_id, resource, start)
         pos = position(resource_type, resource)
         if pos:
             self.conn.execute(
@@ -301,6 +303,7 @@ class Repository:
     def _clear_index(self, resource_type: str, resource_id: str) -> None:
         s, p = schema.search_index, schema.positions
         self.conn.execute(delete(s).where(and_(s.c.type == resource_type, s.c.id == resource_id)))
+        slot_offers.forget(self.conn, resource_type, resource_id)
         if resource_type == "Location":
             self.conn.execute(delete(p).where(and_(p.c.type == resource_type, p.c.id == resource_id)))
 

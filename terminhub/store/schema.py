@@ -140,6 +140,21 @@ slot_claims = Table(
     Index("ix_slot_claims_claim_until", "claim_until"),
 )
 
+# What each Slot offers (contract 3.1), one row per coding, with the Slot's start: slot searches range-scan
+# (system, code, start) instead of intersecting index rows (terminhub/store/slot_offers.py).
+slot_offers = Table(
+    "slot_offers",
+    metadata,
+    Column("slot_id", String(64), primary_key=True),
+    Column("system", Text, primary_key=True),
+    Column("code", Text, primary_key=True),
+    Column("start_us", BigInteger, nullable=False),
+    Column("schedule_id", String(64), nullable=True),
+    Column("inherited", Boolean, nullable=False),
+    Index("ix_slot_offers_coding_start", "system", "code", "start_us", "slot_id"),
+    Index("ix_slot_offers_schedule", "schedule_id"),
+)
+
 
 referrals = Table(
     "referrals",

@@ -1,0 +1,110 @@
+"""What each Slot offers, kept as rows beside it so that slot searches run on one index.
+
+A Slot offers the codings of its own `specialty` and `serviceType`, or, where it has none, those of its
+Schedule (contract 3.1). Written with the Slot (and again for its Slots when a Schedule changes), each row
+carries the Slot's start, so "free Slots offering X from Monday on, by start" is one range scan of
+`ix_slot_offers_coding_start` however many Slots are stored.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, not_, select, true
+
+from terminhub.store import schema
+from terminhub.store.indexer import split_reference, walk
+
+OFFERS = schema.slot_offers
+S = schema.search_index
+OFFER_PARAMS = ("specialty", "service-type")
+
+
+def own_codings(resource: dict) -> list[tuple[str, str]]:
+    """The distinct (system, code) pairs of a Slot's or Schedule's specialty and serviceType."""
+    found: dict[tuple[str, str], None] = {}
+    for path in ("specialty.coding", "serviceType.coding"):
+        for coding in walk(resource, path):
+            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                found[(coding.get("system") or "", coding["code"])] = None
+    return list(found)
+
+
+def forget(conn: Connection, resource_type: str, resource_id: str) -> None:
+    """A Slot's rows go with it; a Schedule's codings leave the Slots that inherit them."""
+    if resource_type == "Slot":
+        conn.execute(delete(OFFERS).where(OFFERS.c.slot_id == resource_id))
+    elif resource_type == "Schedule":
+        conn.execute(delete(OFFERS).where(OFFERS.c.schedule_id == resource_id, OFFERS.c.inherited.is_(True)))
+
+
+def refresh(
+    conn: Connection, resource_type: str, resource_id: str, resource: dict, start: int | None
+) -> None:
+    """Write the offers of a Slot just indexed, or of the inheriting Slots of a Schedule just indexed."""
+    if resource_type == "Slot":
+        _refresh_slot(conn, resource_id, resource, start)
+    elif resource_type == "Schedule":
+        _refresh_schedule(conn, resource_id)
+
+
+def _refresh_slot(conn: Connection, slot_id: str, resource: dict, start: int | None) -> None:
+    target = split_reference(((resource.get("schedule") or {}).get("reference")) or "")
+    schedule_id = target[1] if target and target[0] == "Schedule" else None
+    if start is None:
+        return
+    own = own_codings(resource)
+    if own:
+        rows = [
+            {"slot_id": slot_id, "system": system, "code": code, "start_us": start,
+             "schedule_id": schedule_id, "inherited": False}
+            for system, code in own
+        ]  # fmt: skip
+        conn.execute(insert(OFFERS), rows)
+    elif schedule_id is not None:
+        conn.execute(
+            insert(OFFERS).from_select(
+                ["slot_id", "system", "code", "start_us", "schedule_id", "inherited"],
+                select(literal(slot_id), _system(), S.c.code, literal(start), literal(schedule_id), true())
+                .distinct()
+                .where(*_schedule_codings(schedule_id)),
+            )
+        )
+
+
+def _refresh_schedule(conn: Connection, schedule_id: str) -> None:
+    """Every Slot of the Schedule without codings of its own inherits the Schedule's, in one statement."""
+    slot = S.alias("slot_ref")
+    start = S.alias("slot_start")
+    coding = S.alias("coding")
+    has_own = exists().where(OFFERS.c.slot_id == slot.c.id, OFFERS.c.inherited.is_(False))
+    query = (
+        select(slot.c.id, _system(coding), coding.c.code, start.c.lo, literal(schedule_id), true())
+        .distinct()
+        .select_from(slot)
+        .join(start, and_(start.c.type == "Slot", start.c.id == slot.c.id, start.c.param == "start"))
+        .join(coding, and_(*_schedule_codings(schedule_id, coding)))
+        .where(
+            slot.c.type == "Slot",
+            slot.c.param == "schedule",
+            slot.c.ref_type == "Schedule",
+            slot.c.ref_id == schedule_id,
+            not_(has_own),
+        )
+    )
+    conn.execute(
+        insert(OFFERS).from_select(
+            ["slot_id", "system", "code", "start_us", "schedule_id", "inherited"], query
+        )
+    )
+
+
+def _system(table=S):  # noqa: ANN001, ANN202 - a search_index alias; a SQL expression
+    return func.coalesce(table.c.system, "")
+
+
+def _schedule_codings(schedule_id: str, table=S) -> list:  # noqa: ANN001
+    return [
+        table.c.type == "Schedule",
+        table.c.id == schedule_id,
+        table.c.param.in_(OFFER_PARAMS),
+        table.c.code.is_not(None),
+    ]
