@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ import httpx
 from rich.console import Console
 from sqlalchemy import create_engine, text
 
-from bench import data, load, report
+from bench import booking, curve, data, feed, load, report
 from terminhub.store.database import normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +39,10 @@ def _terminhub(*args: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def _client(name: str, role: str, env: dict[str, str], bsnr: str | None = None) -> dict:
-    args = ["clients", "add", "--name", name, "--role", role] + (["--bsnr", bsnr] if bsnr else [])
+def _client(name: str, role: str, env: dict[str, str], bsnrs: list[str] | None = None) -> dict:
+    args = ["clients", "add", "--name", name, "--role", role] + [
+        a for b in bsnrs or [] for a in ("--bsnr", b)
+    ]
     out = _terminhub(*args, env=env)
     return json.loads(out[out.index("{") : out.rindex("}") + 1])
 
@@ -167,53 +170,89 @@ def db_floor(url: str, seconds: float) -> float:
     return len(done) / elapsed
 
 
+def _show(r: load.Result) -> None:
+    extra = f", {r.items_per_s:,.0f} items/s" if r.items else ""
+    others = {k: n for k, n in r.statuses.items() if not k.startswith("2")}
+    console.print(
+        f"  {r.name} ×{r.connections}: {r.rps:,.0f} req/s{extra}, p50 {r.p50_ms:.1f} ms, "
+        f"p99 {r.p99_ms:.1f} ms" + (f", non-2xx {others}" if others else "")
+    )
+
+
+def _curve(name: str, kind: str, lv: curve.Levels, run) -> load.Result:  # noqa: ANN001
+    """The workload at every level, plotted; the last level's Result is the table's figure."""
+    points = curve.measure(lv, run, _show)
+    curve.plot(name, kind, points)
+    return points[-1]
+
+
+def _reads(base: str, loaded: data.Loaded, token: str, kind: str, lv: curve.Levels) -> dict:
+    """Slot reads by id and Slot searches by specialty, each as a curve."""
+    reads = [f"/fhir/Slot/{i}" for i in loaded.slot_ids]
+    day = loaded.first_day.isoformat()
+    searches = [
+        f"/fhir/Slot?specialty={data.FACHGEBIET_SYSTEM}|{code}&start=ge{day}&status=free&_count=20"
+        for code in loaded.specialties
+    ]
+
+    def runner(name: str, paths: list[str]):  # noqa: ANN202
+        return lambda conns, secs: load.run_gets(name, base, paths, token=token, total=conns, seconds=secs)
+
+    read, search = (
+        _curve("read", kind, lv, runner("read", reads)),
+        _curve("search", kind, lv, runner("search", searches)),
+    )
+    return {
+        "read_rps": round(read.rps, 1), "read_p99_ms": round(read.p99_ms, 2),
+        "read_p50_ms": round(read.p50_ms, 2),
+        "search_rps": round(search.rps, 1), "search_p99_ms": round(search.p99_ms, 2),
+        "search_p50_ms": round(search.p50_ms, 2),
+    }  # fmt: skip
+
+
 def run_one(kind: str, quick: bool) -> dict:
     """The whole benchmark against one fresh database."""
-    practices, slots = (20, 20_000) if quick else (5_000, 1_000_000)
-    seconds = 5.0 if quick else 30.0
+    practices, slots = (20, 5_000) if quick else (5_000, 1_000_000)
+    lv = curve.levels(quick)
     result: dict = dict.fromkeys(report.KEYS) | {"machine": report.machine(), "database": kind}
     with fresh_database(kind) as url:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        env = os.environ | {"TERMINHUB_DATABASE_URL": url, "TERMINHUB_BASE_URL": base}
+        env = os.environ | {
+            "TERMINHUB_DATABASE_URL": url, "TERMINHUB_BASE_URL": base,
+            "TERMINHUB_PROVENANCE_MIN_INTERVAL_S": "0",  # the feed workload polls back to back
+        }  # fmt: skip
         console.print(f"[bold]{kind}[/]: {url}")
         _terminhub("db", "upgrade", "--database", url, env=env)
         admin = _client("bench-admin", "admin", env)
-        _client("bench-practice", "practice", env, bsnr=data.bsnr(1))
+        bsnrs = [data.bsnr(p) for p in range(1, min(practices, feed.MAX_BSNRS) + 1)]
+        practice = _client("bench-practice", "practice", env, bsnrs=bsnrs)
+        booker = _client("bench-booker", "scheduling-client", env)
         with server(url, port, env) as proc, httpx.Client(base_url=base) as http:
             admin_token = data.token(http, admin["client_id"], admin["client_secret"])
+            since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
             console.print(f"loading {practices:,} practices and {slots:,} slots …")
             loaded = data.load(base, admin_token, practices, slots)
             result["slots"] = loaded.slots
             result["load_slots_per_s"] = round(loaded.slots_per_s, 1)
             rate = loaded.slots_per_s
             console.print(f"  {loaded.slots:,} slots in {loaded.seconds:.1f} s: {rate:,.0f} slots/s")
-
-            def measure(name: str, paths: list[str], token: str | None) -> load.Result:
-                r = load.run(name, base, paths, token=token, seconds=seconds)
-                console.print(
-                    f"  {name}: {r.rps:,.0f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, "
-                    f"{r.errors} errors"
-                )
-                return r
-
-            floor = measure("http floor", ["/fhir/metadata"], None)
+            floor = load.run("http floor", base, ["/fhir/metadata"], token=None, seconds=lv.long_s)
+            _show(floor)
             result["http_floor_rps"] = round(floor.rps, 1)
             result["http_floor_p99_ms"] = round(floor.p99_ms, 2)
             token = data.token(http, admin["client_id"], admin["client_secret"])
-            read = measure("read", [f"/fhir/Slot/{i}" for i in loaded.slot_ids], token)
-            result |= {"read_rps": round(read.rps, 1), "read_p99_ms": round(read.p99_ms, 2)}
-            result["read_p50_ms"] = round(read.p50_ms, 2)
-            day = loaded.first_day.isoformat()
-            search_paths = [
-                f"/fhir/Slot?specialty={data.FACHGEBIET_SYSTEM}|{code}&start=ge{day}&status=free&_count=20"
-                for code in loaded.specialties
-            ]
-            search = measure("search", search_paths, token)
-            result |= {"search_rps": round(search.rps, 1), "search_p99_ms": round(search.p99_ms, 2)}
-            result["search_p50_ms"] = round(search.p50_ms, 2)
+            result |= _reads(base, loaded, token, kind, lv)
+            book_token = data.token(http, booker["client_id"], booker["client_secret"])
+            booked = booking.run(base, url, book_token, loaded.all_slot_ids, lv, _show)
+            curve.plot("booking", kind, booked.points)
+            result |= booking.figures(booked)
+            feed_token = data.token(http, practice["client_id"], practice["client_secret"])
+            feed_points = feed.run(base, feed_token, since, curve.levels(quick, (1, 4, 16)), _show)
+            curve.plot("feed", kind, feed_points, unit="changes/s")
+            result |= feed.figures(feed_points)
             result["server_rss_mb"] = round(rss, 1) if (rss := peak_rss_mb(proc.pid)) else None
-        tps = db_floor(url, seconds)
+        tps = db_floor(url, lv.long_s)
         result["db_floor_tps"] = round(tps, 1)
         console.print(f"  db floor: {tps:,.0f} tx/s")
     return result
@@ -221,7 +260,9 @@ def run_one(kind: str, quick: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="20 practices, 20,000 slots, 5 s per workload")
+    parser.add_argument(
+        "--quick", action="store_true", help="20 practices, 5,000 slots, fewer levels, 2-3 s windows"
+    )
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
     results = []

@@ -20,7 +20,8 @@ TZ = datetime.timezone(datetime.timedelta(hours=1))  # CET; the offset is explic
 class Loaded:
     """What the workloads need to know about the loaded data."""
 
-    slot_ids: list[str] = field(default_factory=list)
+    slot_ids: list[str] = field(default_factory=list)  # a sample, for reads
+    all_slot_ids: list[str] = field(default_factory=list)  # every one, for bookings that must not collide
     specialties: list[str] = field(default_factory=list)
     first_day: datetime.date = datetime.date.today()
     slots: int = 0
@@ -151,6 +152,7 @@ def load(base_url: str, admin_token: str, practices: int, slots: int, progress=N
         for batch in _batched(_slots(schedules, slots, first_day), BUNDLE_SIZE):
             _post(client, batch)
             out.slots += len(batch)
+            out.all_slot_ids.extend(r["id"] for r in batch)
             # keep a sample of ids for the read workload
             out.slot_ids.extend(r["id"] for r in random.sample(batch, min(len(batch), 50)))
             if progress:

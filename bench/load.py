@@ -1,4 +1,8 @@
-"""The load generator: asyncio httpx clients in separate processes, run for a fixed duration."""
+"""The load generator: asyncio httpx clients in separate processes, run for a fixed duration.
+
+Three kinds of connection: `random` GETs random paths back to back, `plan` sends its own list of
+requests in order (each booking wants its own Slot), `feed` follows a change feed's `next` links.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,15 @@ import asyncio
 import multiprocessing as mp
 import random
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import httpx
+import orjson
+
+# (method, path, JSON body or None): picklable, so it crosses into the spawned processes
+Request = tuple[str, str, bytes | None]
+JSON = {"Content-Type": "application/fhir+json"}
 
 
 @dataclass
@@ -21,10 +31,28 @@ class Result:
     seconds: float
     p50_ms: float
     p99_ms: float
+    statuses: dict[str, int] = field(default_factory=dict)
+    items: int = 0  # what a request carried, where that counts (Provenances of a feed page)
+    connections: int = 0
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Part:
+    """What one process measured; merged into a Result."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    items: int = 0
+    started: float = 0.0
+    ended: float = 0.0
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -33,41 +61,112 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-async def _connection(
-    client: httpx.AsyncClient, paths: list[str], deadline: float, seed: int
-) -> tuple[list[float], int]:
-    """One connection: request random paths back to back until the deadline."""
+def outcome(resp: httpx.Response) -> str:
+    """`200`, or the status with the `urn:terminhub:error` code, e.g. `409 slot-unavailable`."""
+    if resp.status_code < 300:
+        return str(resp.status_code)
+    try:
+        issue = orjson.loads(resp.content)["issue"][0]
+        return f"{resp.status_code} {issue['details']['coding'][0]['code']}"
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return str(resp.status_code)
+
+
+async def _timed(client: httpx.AsyncClient, part: _Part, method: str, path: str, body: bytes | None):
+    """One request; its latency and outcome go into `part`. The response, or None on a transport error."""
+    t0 = time.perf_counter()
+    try:
+        resp = await client.request(method, path, content=body, headers=JSON if body else None)
+        await resp.aread()
+        part.statuses[outcome(resp)] += 1
+    except httpx.HTTPError as exc:
+        resp = None
+        part.statuses[type(exc).__name__] += 1
+    part.latencies.append(time.perf_counter() - t0)
+    return resp
+
+
+async def _random(client: httpx.AsyncClient, part: _Part, paths: list[str], deadline: float, seed: int):
+    """GET random paths until the deadline."""
     rng = random.Random(seed)
-    latencies: list[float] = []
-    errors = 0
-    while (now := time.perf_counter()) < deadline:
-        try:
-            resp = await client.get(rng.choice(paths))
-            await resp.aread()
-            if resp.status_code != 200:
-                errors += 1
-        except httpx.HTTPError:
-            errors += 1
-        latencies.append(time.perf_counter() - now)
-    return latencies, errors
+    while time.perf_counter() < deadline:
+        await _timed(client, part, "GET", rng.choice(paths), None)
 
 
-async def _process_main(
-    base_url: str, token: str | None, paths: list[str], connections: int, seconds: float, seed: int
-) -> tuple[list[float], int]:
+async def _plan(client: httpx.AsyncClient, part: _Part, plan: list[Request], deadline: float, _seed: int):
+    """Send the planned requests in order until they run out or the deadline passes."""
+    for method, path, body in plan:
+        if time.perf_counter() >= deadline:
+            return
+        await _timed(client, part, method, path, body)
+
+
+async def _feed(client: httpx.AsyncClient, part: _Part, first: str, deadline: float, _seed: int):
+    """Read the feed from `first` through its `next` links, again from the start when it ends."""
+    path = first
+    while time.perf_counter() < deadline:
+        resp = await _timed(client, part, "GET", path, None)
+        if resp is None or resp.status_code != 200:
+            path = first
+            continue
+        page = orjson.loads(resp.content)
+        part.items += sum(1 for e in page.get("entry", []) if e.get("search", {}).get("mode") == "match")
+        path = next((ln["url"] for ln in page.get("link", []) if ln["relation"] == "next"), first)
+
+
+KINDS = {"random": _random, "plan": _plan, "feed": _feed}
+
+
+async def _process_main(kind: str, base_url: str, token: str | None, work: list, seconds: float, seed: int):
+    """One process: one connection per item of `work`, all until the same deadline."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=30) as client:
-        await client.get(paths[0])  # warm the connection pool's first connection
-        deadline = time.perf_counter() + seconds
-        parts = await asyncio.gather(
-            *(_connection(client, paths, deadline, seed * 1000 + i) for i in range(connections))
+    limits = httpx.Limits(max_connections=len(work), max_keepalive_connections=len(work))
+    part = _Part()
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as client:
+        await client.get("/fhir/metadata")  # open the pool's first connection before the clock starts
+        part.started = time.perf_counter()
+        deadline = part.started + seconds
+        connection = KINDS[kind]
+        await asyncio.gather(
+            *(connection(client, part, w, deadline, seed * 1000 + i) for i, w in enumerate(work))
         )
-    return [x for lat, _ in parts for x in lat], sum(e for _, e in parts)
+        part.ended = time.perf_counter()
+    return part
 
 
-def _worker(args: tuple) -> tuple[list[float], int]:
+def _worker(args: tuple) -> _Part:
     return asyncio.run(_process_main(*args))
+
+
+def _drive(
+    name: str, kind: str, base_url: str, token: str | None, works: list[list], seconds: float
+) -> Result:
+    """Run one process per item of `works` (each a list of per-connection work) and merge what they saw."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(len(works)) as pool:
+        parts = pool.map(_worker, [(kind, base_url, token, w, seconds, i) for i, w in enumerate(works)])
+    latencies = sorted(x for p in parts for x in p.latencies)
+    statuses = sum((p.statuses for p in parts), Counter())
+    # the processes overlap but start a little apart: the longest one's time counts
+    elapsed = max(p.ended - p.started for p in parts) or seconds
+    ok = sum(n for k, n in statuses.items() if k.startswith("2"))
+    return Result(
+        name=name,
+        requests=ok,
+        errors=len(latencies) - ok,
+        seconds=elapsed,
+        p50_ms=_percentile(latencies, 0.50) * 1000,
+        p99_ms=_percentile(latencies, 0.99) * 1000,
+        statuses=dict(statuses),
+        items=sum(p.items for p in parts),
+        connections=sum(len(w) for w in works),
+    )
+
+
+def split(connections: int, processes: int = 2) -> list[int]:
+    """Connections per process: `connections` in total over at most `processes` processes."""
+    n = max(1, min(processes, connections))
+    return [connections // n + (1 if i < connections % n else 0) for i in range(n)]
 
 
 def run(
@@ -81,17 +180,25 @@ def run(
     seconds: float = 10.0,
 ) -> Result:
     """Drive GETs of `paths` (chosen at random) from `processes` × `connections` clients."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(processes) as pool:
-        jobs = [(base_url, token, paths, connections, seconds, i) for i in range(processes)]
-        parts = pool.map(_worker, jobs)
-    latencies = sorted(x for lat, _ in parts for x in lat)
-    errors = sum(e for _, e in parts)
-    return Result(
-        name=name,
-        requests=len(latencies) - errors,
-        errors=errors,
-        seconds=seconds,
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
-    )
+    return run_gets(name, base_url, paths, token=token, total=processes * connections, seconds=seconds)
+
+
+def run_gets(
+    name: str, base_url: str, paths: list[str], *, token: str | None, total: int, seconds: float
+) -> Result:
+    """GETs of `paths` (chosen at random) from `total` connections over at most two processes."""
+    works = [[paths] * n for n in split(total)]
+    return _drive(name, "random", base_url, token, works, seconds)
+
+
+def run_plans(
+    name: str, base_url: str, plans: list[list[list[Request]]], *, token: str, seconds: float
+) -> Result:
+    """`plans[process][connection]` is the list of requests that connection sends, in order."""
+    return _drive(name, "plan", base_url, token, plans, seconds)
+
+
+def run_feed(name: str, base_url: str, first: str, *, token: str, connections: int, seconds: float) -> Result:
+    """`connections` readers of the change feed from `first`, each through its `next` links."""
+    works = [[first] * n for n in split(connections)]
+    return _drive(name, "feed", base_url, token, works, seconds)
