@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from itertools import islice
 
 from terminhub.api import fhir_endpoint, rest
 from terminhub.api.context import Context, Reply
@@ -20,19 +21,19 @@ from terminhub.api.idempotent import replay_or_run
 from terminhub.booking.offer import Offer, offer, schedule_organization, slot_location
 from terminhub.booking.service import ACTIVE
 from terminhub.clock import instant
-from terminhub.fhir import capability, searchparams
+from terminhub.fhir import capability
 from terminhub.fhir.capability import Operation, OperationParam
 from terminhub.fhir.dates import DateError, parse_instant, parse_range
 from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.parameters import Inputs, ParametersBuilder, parameters_of, read_parameters
-from terminhub.fhir.search_request import DEFAULT_COUNT, MAX_COUNT, Criterion, SearchRequest
+from terminhub.fhir.search_request import DEFAULT_COUNT, MAX_COUNT
 from terminhub.fhir.validation import valid_id, validate
 from terminhub.referral import code as codes
 from terminhub.referral.service import ANR_SYSTEM, BSNR_SYSTEM, Referral, ReferralService
 from terminhub.referral.urgency import priority_element, requested
+from terminhub.store.free_slots import free_slot_ids
 from terminhub.store.indexer import split_reference
 from terminhub.store.repository import Repository, Stored
-from terminhub.store.search import SearchEngine
 
 KBV_DEFINITIONS = "https://fhir.kbv.de/OperationDefinition/"
 CODE_PARAM = "vermittlungscode"
@@ -41,7 +42,7 @@ FORMULARE = ("muster6", "ptv11")
 TERMINTYPEN = ("praesenz", "video")
 REFERRER_ONLY = ("bsnr", "ueberweisenderArzt", "patient", "formular")
 PRIORITY_RANK = {"asap": 1, "urgent": 2, "routine": 5}
-BATCH = 500  # Slots read per round while filtering a search in Python
+BATCH = 200  # most Slots read per round while filtering a search in Python
 
 
 def _param(name: str, use: str, card: tuple[int, str], fhir_type: str, documentation: str) -> OperationParam:
@@ -397,29 +398,21 @@ def _matching_slots(
     """Free Slots with start in [lo, hi) that pass the filter, in (start, id) order: page `skip`…+count."""
     if lo >= hi:
         return []
-    engine = SearchEngine(ctx.conn, ctx.tz, lambda _t: None, ctx.settings.base_url, ctx.clock.now_us())
-    start = searchparams.param("Slot", "start")
-    offered = tuple(f"{system or ''}|{code}" for system, code in wanted.ref.leistungsmerkmale)
-    criteria = [
-        Criterion("status", None, ("free",), searchparams.param("Slot", "status")),
-        Criterion("start", None, ("ge" + instant(lo),), start),
-        Criterion("start", None, ("lt" + instant(hi),), start),
-        Criterion("specialty", None, offered, searchparams.param("Slot", "specialty")),
-    ]
     repo = _CachingRepo(ctx.repo)
     found: list[Stored] = []
-    cursor = None
-    while True:
-        request = SearchRequest("Slot", list(criteria), sort=[("start", False)], count=BATCH, cursor=cursor)
-        result = engine.run(request)
-        for slot in result.matches:
-            if _passes(repo, wanted, slot):
+    ids = free_slot_ids(ctx.conn, list(wanted.ref.leistungsmerkmale), lo, hi, ctx.clock.now_us())
+    while len(found) < skip + count:
+        chunk = list(islice(ids, min(BATCH, max(20, skip + count - len(found)))))
+        if not chunk:
+            break
+        loaded = {s.id: s for s in ctx.repo.get_many("Slot", chunk)}
+        for slot_id in chunk:
+            slot = loaded.get(slot_id)
+            if slot is not None and _passes(repo, wanted, slot):
                 found.append(slot)
                 if len(found) >= skip + count:
-                    return ctx.present(found[skip : skip + count])
-        if not result.next_cursor:
-            return ctx.present(found[skip : skip + count])
-        cursor = result.next_cursor
+                    break
+    return ctx.present(found[skip : skip + count])
 
 
 def _passes(repo: _CachingRepo, wanted: SlotFilter, slot: Stored) -> bool:

@@ -39,6 +39,7 @@ Scope = Callable[[str], Select | None]
 
 R = schema.resources
 S = schema.search_index
+OFFERS = schema.slot_offers
 
 # A server-written Provenance's `recorded` is its `meta.lastUpdated` (its feed position): searched and
 # sorted on the resource row itself.
@@ -241,17 +242,9 @@ class SearchEngine:
 
     def _slot_offers(self, c: Criterion) -> ColumnElement:
         """A Slot offers the codings of its own `specialty` and `serviceType`, or, where it has none, those
-        of its Schedule (3.1); `specialty` and `service-type` both match every coding it offers."""
-        kinds = ("specialty", "service-type")
-        matches = or_(*[_token(v) for v in c.values])
-        own = select(S.c.id).where(S.c.type == "Slot", S.c.param.in_(kinds), matches)
-        has_own = select(S.c.id).where(S.c.type == "Slot", S.c.param.in_(kinds))
-        schedules = select(S.c.id).where(S.c.type == "Schedule", S.c.param.in_(kinds), matches)
-        slot_refs = select(S.c.id).where(
-            S.c.type == "Slot", S.c.param == "schedule", S.c.ref_id.in_(schedules)
-        )
-        inherited = and_(R.c.id.in_(slot_refs), R.c.id.not_in(has_own))
-        offered = or_(R.c.id.in_(own), inherited)
+        of its Schedule (3.1); `specialty` and `service-type` both match every coding it offers. Kept in
+        `slot_offers` as the Slot is written."""
+        offered = R.c.id.in_(select(OFFERS.c.slot_id).where(or_(*[_offered(v) for v in c.values])))
         return not_(offered) if c.modifier == "not" else offered
 
     def _appointments_of_practice(self, c: Criterion) -> ColumnElement:
@@ -376,6 +369,16 @@ def _token(value: str) -> ColumnElement:
     if not code:
         return S.c.system == system
     return and_(S.c.system == system, S.c.code == code)
+
+
+def _offered(value: str) -> ColumnElement:
+    """A token value against `slot_offers`, where an absent system is stored as ''."""
+    if "|" not in value:
+        return OFFERS.c.code == value
+    system, _, code = value.partition("|")
+    if not code:
+        return OFFERS.c.system == system
+    return and_(OFFERS.c.system == system, OFFERS.c.code == code)
 
 
 def _date_compare(lo: ColumnElement, hi: ColumnElement, value: str, tz: ZoneInfo) -> ColumnElement:

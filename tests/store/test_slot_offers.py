@@ -1,0 +1,144 @@
+"""What a Slot offers, kept beside it (contract 3.1), and the free-Slot scan built on it: own codings or the
+Schedule's, following Schedule changes, in (start, id) order, free as readers see it now."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+
+from terminhub.clock import FixedClock, to_us
+from terminhub.store import claims, schema
+from terminhub.store.database import Database
+from terminhub.store.free_slots import free_slot_ids
+from terminhub.store.repository import Actor, Repository
+from tests.support.unit_db import BACKEND_PARAMS, migrated_database
+
+BERLIN = ZoneInfo("Europe/Berlin")
+ADMIN = Actor("th-admin", "admin", "Betrieb")
+START = datetime(2030, 3, 4, 8, 0, tzinfo=UTC)
+FG = "urn:test:fachgebiet"
+NOW_AT = START - timedelta(days=1)
+NOW = to_us(NOW_AT)
+
+
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    with migrated_database(request.param, tmp_path_factory.mktemp("offers")) as database:
+        yield database
+
+
+def coding(code: str, system: str | None = FG) -> dict:
+    return {"coding": [{"system": system, "code": code}] if system else [{"code": code}]}
+
+
+class World:
+    """A Schedule (offering `schedule_codes`) and helpers to write Slots into it, under a fresh prefix."""
+
+    def __init__(self, db: Database, *schedule_codes: str) -> None:
+        self.db = db
+        self.clock = FixedClock(NOW_AT)
+        self.tag = uuid.uuid4().hex[:8]
+        self.schedule = f"sched-{self.tag}"
+        self.save(
+            "Schedule", self.schedule, {"active": True, "specialty": [coding(c) for c in schedule_codes]}
+        )
+
+    def save(self, resource_type: str, resource_id: str, resource: dict) -> None:
+        with self.db.transaction(write=True) as conn:
+            Repository(conn, self.clock, BERLIN, ADMIN).save(resource_type, resource, resource_id=resource_id)
+
+    def slot(self, n: int, minutes: int, **extra: object) -> str:
+        slot_id = f"slot-{self.tag}-{n}"
+        start = START + timedelta(minutes=minutes)
+        self.save(
+            "Slot",
+            slot_id,
+            {
+                "schedule": {"reference": f"Schedule/{self.schedule}"},
+                "status": "free",
+                "start": start.isoformat(),
+                "end": (start + timedelta(minutes=15)).isoformat(),
+                **extra,
+            },
+        )
+        return slot_id
+
+    def offers(self, slot_id: str) -> set[tuple[str, str, bool]]:
+        offers = schema.slot_offers
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                select(offers.c.system, offers.c.code, offers.c.inherited).where(offers.c.slot_id == slot_id)
+            )
+            return {tuple(r) for r in rows}
+
+    def free(self, *codes: str, now: int = NOW, system: str = FG) -> list[str]:
+        lo, hi = to_us(START - timedelta(days=1)), to_us(START + timedelta(days=30))
+        with self.db.transaction() as conn:
+            found = free_slot_ids(conn, [(system, c) for c in codes], lo, hi, now)
+            return [i for i in found if self.tag in i]
+
+
+def test_a_slot_without_codings_offers_its_schedules(db: Database) -> None:
+    w = World(db, f"a-{uuid.uuid4().hex[:6]}")
+    slot = w.slot(1, 0)
+    [(system, code, inherited)] = w.offers(slot)
+    assert (system, inherited) == (FG, True) and code.startswith("a-")
+
+
+def test_own_codings_replace_the_schedules(db: Database) -> None:
+    w = World(db, "x")
+    slot = w.slot(1, 0, specialty=[coding("own")], serviceType=[coding("svc"), coding("nosys", None)])
+    assert w.offers(slot) == {(FG, "own", False), (FG, "svc", False), ("", "nosys", False)}
+
+
+def test_a_schedule_change_changes_what_its_inheriting_slots_offer(db: Database) -> None:
+    w = World(db, "old")
+    inheriting, own = w.slot(1, 0), w.slot(2, 15, specialty=[coding("own")])
+    w.save("Schedule", w.schedule, {"active": True, "specialty": [coding("new"), coding("newer")]})
+    assert w.offers(inheriting) == {(FG, "new", True), (FG, "newer", True)}
+    assert w.offers(own) == {(FG, "own", False)}
+
+
+def test_a_deleted_slot_offers_nothing(db: Database) -> None:
+    w = World(db, "x")
+    slot = w.slot(1, 0)
+    with db.transaction(write=True) as conn:
+        Repository(conn, w.clock, BERLIN, ADMIN).delete("Slot", slot)
+    assert w.offers(slot) == set()
+
+
+def test_free_slots_come_by_start_then_id_each_once(db: Database) -> None:
+    code = f"c-{uuid.uuid4().hex[:6]}"
+    w = World(db, code)
+    late, early = w.slot(1, 60), w.slot(2, 0)
+    both = w.slot(3, 30, specialty=[coding(code), coding("other")])
+    same_start = w.slot(0, 30)
+    assert w.free(code, "other") == [early, same_start, both, late]
+
+
+def test_free_slots_page_through_long_scans(db: Database) -> None:
+    code = f"p-{uuid.uuid4().hex[:6]}"
+    w = World(db, code)
+    ids = [w.slot(n, n) for n in range(450)]
+    assert w.free(code) == ids
+
+
+def test_held_and_booked_slots_are_not_free_until_the_claim_runs_out(db: Database) -> None:
+    code = f"h-{uuid.uuid4().hex[:6]}"
+    w = World(db, code)
+    held, booked, pending, unavailable, plain = (w.slot(n, 15 * n) for n in range(5))
+    later = NOW + 10**9
+    with db.transaction(write=True) as conn:
+        for slot in (held, booked, pending, unavailable):
+            claims.ensure(conn, slot, "free")
+        assert claims.take_hold(conn, held, "client-a", NOW, until=later)
+        assert claims.book(conn, booked, "appt-1", NOW, owner="client-b", claim_until=None)
+        assert claims.book(conn, pending, "appt-2", NOW, owner="client-b", claim_until=later)
+        claims.set_base_status(conn, unavailable, "busy-unavailable")
+    assert w.free(code) == [plain]
+    assert w.free(code, now=later) == [held, pending, plain]
