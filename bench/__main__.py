@@ -172,6 +172,7 @@ def db_floor(url: str, seconds: float) -> float:
 
 def _show(r: load.Result) -> None:
     extra = f", {r.items_per_s:,.0f} items/s" if r.items else ""
+    extra += f", first pages p50 {r.first_p50_ms:.1f} ms" if r.first_p50_ms else ""
     others = {k: n for k, n in r.statuses.items() if not k.startswith("2")}
     console.print(
         f"  {r.name} ×{r.connections}: {r.rps:,.0f} req/s{extra}, p50 {r.p50_ms:.1f} ms, "
@@ -248,7 +249,7 @@ def run_one(kind: str, quick: bool) -> dict:
             curve.plot("booking", kind, booked.points)
             result |= booking.figures(booked)
             feed_token = data.token(http, practice["client_id"], practice["client_secret"])
-            feed_points = feed.run(base, feed_token, since, curve.levels(quick, (1, 4, 16)), _show)
+            feed_points = feed.run(base, feed_token, since, curve.levels(quick, feed.READERS[quick]), _show)
             curve.plot("feed", kind, feed_points, unit="changes/s")
             result |= feed.figures(feed_points)
             result["server_rss_mb"] = round(rss, 1) if (rss := peak_rss_mb(proc.pid)) else None

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from bench import curve, load
 
 PAGE = 1000
+READERS = {False: (1, 4, 16), True: (1, 4)}  # by --quick: a 1,000-entry page is heavy, readers are few
 MAX_BSNRS = 50  # enough for a feed of many changes; the practice's scope stays a realistic size
 
 
@@ -40,6 +41,8 @@ def figures(points: list[load.Result]) -> dict:
         "feed_changes_per_s": round(top.items_per_s, 1),
         "feed_page_p50_ms": round(top.p50_ms, 2),
         "feed_page_p99_ms": round(top.p99_ms, 2),
+        "feed_first_page_p50_ms": round(top.first_p50_ms, 2),
+        "feed_first_page_p99_ms": round(top.first_p99_ms, 2),
         "feed_readers": top.connections,
         "feed_one_reader_changes_per_s": round(single.items_per_s, 1),
         "feed_errors": {k: n for k, n in seen.items() if k != "200"},

@@ -34,6 +34,8 @@ class Result:
     statuses: dict[str, int] = field(default_factory=dict)
     items: int = 0  # what a request carried, where that counts (Provenances of a feed page)
     connections: int = 0
+    first_p50_ms: float = 0.0  # a feed's first pages (those the polling rule limits) apart
+    first_p99_ms: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -51,6 +53,7 @@ class _Part:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
     items: int = 0
+    first: list[float] = field(default_factory=list)
     started: float = 0.0
     ended: float = 0.0
 
@@ -106,6 +109,8 @@ async def _feed(client: httpx.AsyncClient, part: _Part, first: str, deadline: fl
     path = first
     while time.perf_counter() < deadline:
         resp = await _timed(client, part, "GET", path, None)
+        if path == first:
+            part.first.append(part.latencies[-1])
         if resp is None or resp.status_code != 200:
             path = first
             continue
@@ -146,6 +151,7 @@ def _drive(
     with ctx.Pool(len(works)) as pool:
         parts = pool.map(_worker, [(kind, base_url, token, w, seconds, i) for i, w in enumerate(works)])
     latencies = sorted(x for p in parts for x in p.latencies)
+    first = sorted(x for p in parts for x in p.first)
     statuses = sum((p.statuses for p in parts), Counter())
     # the processes overlap but start a little apart: the longest one's time counts
     elapsed = max(p.ended - p.started for p in parts) or seconds
@@ -160,6 +166,8 @@ def _drive(
         statuses=dict(statuses),
         items=sum(p.items for p in parts),
         connections=sum(len(w) for w in works),
+        first_p50_ms=_percentile(first, 0.50) * 1000,
+        first_p99_ms=_percentile(first, 0.99) * 1000,
     )
 
 
