@@ -10,6 +10,7 @@ in a link, an audit entity or a log line. Importing the module registers the ope
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from itertools import islice
@@ -18,7 +19,14 @@ from terminhub.api import fhir_endpoint, rest
 from terminhub.api.context import Context, Reply
 from terminhub.api.fhir_endpoint import Call
 from terminhub.api.idempotent import replay_or_run
-from terminhub.booking.offer import Offer, offer, schedule_organization, slot_location
+from terminhub.booking.offer import (
+    Offer,
+    managed_locations,
+    managed_locations_of,
+    offer,
+    schedule_organization,
+    slot_location,
+)
 from terminhub.booking.service import ACTIVE
 from terminhub.clock import instant
 from terminhub.fhir import capability
@@ -360,6 +368,7 @@ class SlotFilter:
     near: Near | None
     termintyp: str | None
     places: dict[str, Place] = field(default_factory=dict)
+    directory: _CachingRepo | None = None
 
 
 def search_slots(ctx: Context, call: Call) -> Reply:
@@ -398,7 +407,7 @@ def _matching_slots(
     """Free Slots with start in [lo, hi) that pass the filter, in (start, id) order: page `skip`…+count."""
     if lo >= hi:
         return []
-    repo = _CachingRepo(ctx.repo)
+    repo = wanted.directory = _CachingRepo(ctx.repo)
     found: list[Stored] = []
     ids = free_slot_ids(ctx.conn, list(wanted.ref.leistungsmerkmale), lo, hi, ctx.clock.now_us())
     while len(found) < skip + count:
@@ -406,6 +415,7 @@ def _matching_slots(
         if not chunk:
             break
         loaded = {s.id: s for s in ctx.repo.get_many("Slot", chunk)}
+        repo.prime_directory(loaded.values())
         for slot_id in chunk:
             slot = loaded.get(slot_id)
             if slot is not None and _passes(repo, wanted, slot):
@@ -467,7 +477,7 @@ def _searchset(ctx: Context, wanted: SlotFilter, matches: list[Stored]) -> dict:
         for s in matches
     ]
     seen: set[tuple[str, str]] = set()
-    repo = _CachingRepo(ctx.repo)
+    repo = wanted.directory or _CachingRepo(ctx.repo)
     for slot in matches:
         found = offer(repo, slot)  # type: ignore[arg-type]
         for resource in _context_of(repo, wanted, found):
@@ -508,7 +518,8 @@ def _context_of(repo: _CachingRepo, wanted: SlotFilter, found: Offer) -> list[di
 
 
 class _CachingRepo:
-    """Reads of one search, cached: many Slots share a Schedule and its directory."""
+    """Reads of one search, cached: many Slots share a Schedule and its directory, which is read for a
+    whole round of Slots at once (one query per resource type instead of several per Slot)."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
@@ -516,6 +527,7 @@ class _CachingRepo:
         self.tz = repo.tz
         self.clock = repo.clock
         self._cache: dict[tuple[str, str], Stored | None] = {}
+        self._managed: dict[str, list[dict]] = {}
 
     def get(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Stored | None:
         if resource_type == "Slot" or for_update:
@@ -524,6 +536,44 @@ class _CachingRepo:
         if key not in self._cache:
             self._cache[key] = self.repo.get(resource_type, resource_id)
         return self._cache[key]
+
+    def managed_locations(self, organization_id: str) -> list[dict]:
+        """The Locations managed by an Organization (for `slot_location`'s last fallback)."""
+        if organization_id not in self._managed:
+            self._managed[organization_id] = managed_locations(self.repo, organization_id)
+        return self._managed[organization_id]
+
+    def prime_directory(self, slots: Iterable[Stored]) -> None:
+        """Read the Schedules of `slots`, their actors, Organizations and Locations, a type at a time."""
+        schedules = self._prime("Schedule", [_target(s.resource().get("schedule")) for s in slots])
+        actors = [_target(a) for sched in schedules for a in sched.get("actor") or []]
+        roles = self._prime("PractitionerRole", actors)
+        services = self._prime("HealthcareService", actors)
+        locations = self._prime(
+            "Location", actors + [_target(loc) for role in roles for loc in role.get("location") or []]
+        )
+        owners = [_target(r.get("organization")) for r in roles]
+        owners += [_target(x.get("providedBy")) for x in services]
+        owners += [_target(x.get("managingOrganization")) for x in locations]
+        organizations = {ref[1] for ref in owners if ref and ref[0] == "Organization"}
+        self._prime("Organization", [("Organization", o) for o in organizations])
+        wanted = [o for o in organizations if o not in self._managed]
+        for org, found in managed_locations_of(self.repo, wanted).items():
+            self._managed[org] = found
+
+    def _prime(self, resource_type: str, refs: list[tuple[str, str] | None]) -> list[dict]:
+        ids = {ref[1] for ref in refs if ref and ref[0] == resource_type}
+        missing = [i for i in ids if (resource_type, i) not in self._cache]
+        for stored in self.repo.get_many(resource_type, missing):
+            self._cache[(resource_type, stored.id)] = stored
+        for i in missing:
+            self._cache.setdefault((resource_type, i), None)
+        cached = (self._cache[(resource_type, i)] for i in ids)
+        return [stored.resource() for stored in cached if stored is not None]
+
+
+def _target(reference: dict | None) -> tuple[str, str] | None:
+    return split_reference((reference or {}).get("reference") or "") if isinstance(reference, dict) else None
 
 
 def _instant(value: str | None, name: str, ctx: Context, *, end: bool = False) -> int | None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
+from terminhub.store import schema
 from terminhub.store.indexer import split_reference
 from terminhub.store.repository import Repository, Stored
 
@@ -150,23 +153,41 @@ def slot_location(repo: Repository, schedule: dict | None) -> dict | None:
     org = split_reference((role.get("organization") or {}).get("reference", ""))
     if not org:
         return None
-    from terminhub.fhir import searchparams
-    from terminhub.fhir.search_request import Criterion, SearchRequest
-    from terminhub.store.search import SearchEngine  # noqa: PLC0415 - only for this fallback
-
-    engine = SearchEngine(repo.conn, repo.tz, lambda _t: None)
-    request = SearchRequest(
-        "Location",
-        [
-            Criterion(
-                "organization",
-                None,
-                (f"Organization/{org[1]}",),
-                searchparams.param("Location", "organization"),
-            )
-        ],
-        count=3,
-    )
-    found = [s.resource() for s in engine.run(request).matches]
+    cached = getattr(repo, "managed_locations", None)  # a search's caching reader has them read ahead
+    found = cached(org[1]) if cached else managed_locations(repo, org[1])
     active = [loc for loc in found if loc.get("status", "active") == "active"]
     return active[0] if len(active) == 1 else None
+
+
+def managed_locations(repo: Repository, organization_id: str) -> list[dict]:
+    """The Locations an Organization manages (at most 3: only "exactly one" matters)."""
+    from terminhub.fhir import searchparams  # noqa: PLC0415 - only for this fallback
+    from terminhub.fhir.search_request import Criterion, SearchRequest  # noqa: PLC0415
+    from terminhub.store.search import SearchEngine  # noqa: PLC0415
+
+    engine = SearchEngine(repo.conn, repo.tz, lambda _t: None)
+    criterion = Criterion(
+        "organization",
+        None,
+        (f"Organization/{organization_id}",),
+        searchparams.param("Location", "organization"),
+    )
+    return [s.resource() for s in engine.run(SearchRequest("Location", [criterion], count=3)).matches]
+
+
+def managed_locations_of(repo: Repository, organization_ids: list[str]) -> dict[str, list[dict]]:
+    """`managed_locations` of several Organizations in two queries."""
+    if not organization_ids:
+        return {}
+    S = schema.search_index
+    query = select(S.c.id, S.c.ref_id).where(
+        S.c.type == "Location", S.c.param == "organization", S.c.ref_type == "Organization",
+        S.c.ref_id.in_(organization_ids),
+    )  # fmt: skip
+    owners: dict[str, list[str]] = {org: [] for org in organization_ids}
+    for location_id, org in repo.conn.execute(query):
+        owners[org].append(location_id)
+    stored = {
+        s.id: s.resource() for s in repo.get_many("Location", sorted({i for v in owners.values() for i in v}))
+    }
+    return {org: [stored[i] for i in sorted(ids) if i in stored][:3] for org, ids in owners.items()}
