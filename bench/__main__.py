@@ -29,7 +29,7 @@ from terminhub.store.database import normalise_url
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG_SERVER = os.environ.get("TERMINHUB_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 132)  # a log file gets the whole table
 
 
 def _terminhub(*args: str, env: dict[str, str]) -> str:

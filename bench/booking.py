@@ -24,6 +24,7 @@ ACTIVE = frozenset({"booked", "pending", "arrived", "checked-in", "fulfilled"})
 HOT_SLOTS = 20
 CONTENTION_CONNECTIONS = 64
 CONTENTION_TRIES = 5  # hot Slots each connection tries: every Slot is raced for, and the run stays short
+MAX_RPS = 4_000  # Slots dealt per second of window: twice the target, and the plans stay small to ship
 PATIENT_SYSTEM = "urn:terminhub:bench:patient"
 
 
@@ -104,13 +105,13 @@ def distinct_plans(slots: list[str], patients: list[str], connections: int) -> l
 
 
 def shares(pool: list[str], lv: curve.Levels) -> list[list[str]]:
-    """The free Slots split between the levels by connections × window, so that none runs dry early."""
-    weights = [
-        c * (lv.long_s if i == len(lv.connections) - 1 else lv.short_s) for i, c in enumerate(lv.connections)
-    ]
+    """The free Slots split between the levels by load and window, so that none runs dry early."""
+    windows = [lv.short_s] * (len(lv.connections) - 1) + [lv.long_s]
+    # one connection books slower than many, but not 8 times slower: beyond 8 the server is the limit
+    weights = [min(c, 8) * seconds for c, seconds in zip(lv.connections, windows, strict=True)]
     total, out, start = sum(weights), [], 0
-    for w in weights:
-        n = int(len(pool) * w / total)
+    for w, seconds in zip(weights, windows, strict=True):
+        n = min(int(len(pool) * w / total), int(MAX_RPS * seconds))
         out.append(pool[start : start + n])
         start += n
     return out
