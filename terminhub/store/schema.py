@@ -61,7 +61,9 @@ search_index = Table(
     Column("hi", BigInteger, nullable=True),
     Column("ref_type", String(64), nullable=True),
     Column("ref_id", String(64), nullable=True),
-    Index("ix_search_owner", "type", "id"),
+    # (type, id, param): a resource's rows of one parameter. With (type, id) alone, a generic plan of a
+    # prepared statement could prefer (type, param, …) and read every row of that parameter.
+    Index("ix_search_owner_param", "type", "id", "param"),
     Index("ix_search_token", "type", "param", "code", "system"),
     Index("ix_search_text", "type", "param", "text"),
     Index("ix_search_date", "type", "param", "lo", "hi"),
