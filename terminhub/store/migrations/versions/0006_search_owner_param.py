@@ -14,8 +14,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_search_owner_param", "search_index", ["type", "id", "param"])
-    op.drop_index("ix_search_owner", table_name="search_index")
+    # 0001 creates search_index from the current table definition, which already has the new index.
+    op.execute("CREATE INDEX IF NOT EXISTS ix_search_owner_param ON search_index (type, id, param)")
+    op.execute("DROP INDEX IF EXISTS ix_search_owner")
 
 
 def downgrade() -> None:
