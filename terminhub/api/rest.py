@@ -125,7 +125,7 @@ def create(
     prepare(ctx, resource_type, resource, deferred)
     resource_id = resource_id or str(uuid.uuid4())
     resource = keep_invariant(ctx, resource_type, resource_id, resource, None)
-    stored = ctx.repo.save(resource_type, resource, resource_id=resource_id)
+    stored = ctx.repo.save(resource_type, resource, resource_id=resource_id, absent=True)  # a new uuid
     ctx.audit_entity = f"{resource_type}/{stored.id}"
     return stored_reply(ctx, stored, 201, location=True)
 
@@ -188,7 +188,9 @@ def update(
         return stored_reply(ctx, stored, 200)
     prepare(ctx, resource_type, resource, deferred)
     resource = keep_invariant(ctx, resource_type, resource_id, resource, current if exists else None)
-    stored = ctx.repo.save(resource_type, resource, resource_id=resource_id, if_match=expected)
+    stored = ctx.repo.save(
+        resource_type, resource, resource_id=resource_id, if_match=expected, absent=current is None
+    )
     return stored_reply(ctx, stored, 200 if exists else 201, location=not exists)
 
 

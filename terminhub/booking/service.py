@@ -550,7 +550,8 @@ class BookingService:
     def admin_slot(self, slot_id: str, resource: dict, exists: bool) -> dict:
         """An admin's Slot write: its status becomes the practice-set base, the invariant is kept."""
         status = resource.get("status", "free")
-        claims.ensure(self.conn, slot_id, _base_status(status))
+        if claims.create(self.conn, slot_id, _base_status(status)):
+            return resource  # a new claim row, with this base status: nobody has booked or held the Slot
         claim = claims.get(self.conn, slot_id, for_update=True)
         now = self.now
         if claim and claim.booked_at(now):

@@ -55,9 +55,16 @@ class Claim:
 
 def ensure(conn: Connection, slot_id: str, base_status: str) -> None:
     """Create the claim row of a Slot if it has none (idempotent, race-free)."""
+    create(conn, slot_id, base_status)
+
+
+def create(conn: Connection, slot_id: str, base_status: str) -> bool:
+    """Create the claim row of a Slot if it has none; True when this call created it (with `base_status`)."""
     values = {"slot_id": slot_id, "base_status": base_status, "hold_renewed": False}
     insert = pg_insert(C) if conn.dialect.name == "postgresql" else sqlite_insert(C)
-    conn.execute(insert.values(**values).on_conflict_do_nothing(index_elements=["slot_id"]))
+    statement = insert.values(**values).on_conflict_do_nothing(index_elements=["slot_id"])
+    done = conn.execute(statement.execution_options(preserve_rowcount=True))  # kept only when asked
+    return done.rowcount == 1
 
 
 def get(conn: Connection, slot_id: str, *, for_update: bool = False) -> Claim | None:

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Connection, and_, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Table, and_, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
@@ -144,10 +147,15 @@ class Repository:
         resource_id: str | None = None,
         if_match: int | None = None,
         must_exist: bool = False,
+        absent: bool = False,
     ) -> Stored:
-        """Create or update: stamps meta, keeps history, re-indexes, writes the outbox row."""
+        """Create or update: stamps meta, keeps history, re-indexes, writes the outbox row.
+
+        `absent`: the caller has just read that `resource_id` has no row in this transaction, so it is not
+        read again; a row created meanwhile by another transaction is a version-conflict."""
         now = self.clock.now_us()
-        current = self.get(resource_type, resource_id, for_update=True) if resource_id else None
+        read = resource_id is not None and not absent
+        current = self.get(resource_type, resource_id, for_update=True) if read else None
         if if_match is not None and (current is None or current.deleted or current.version_id != if_match):
             raise FhirError(
                 "version-conflict", "The resource was changed meanwhile (If-Match does not match)."
@@ -163,7 +171,7 @@ class Repository:
         self._record(resource_type, resource_id, version, now, method, content)
         previous = current.content if current and not current.deleted else None
         self._note(resource_type, resource_id, version, method, content, previous)
-        self._reindex(resource_type, resource_id, orjson.loads(content))
+        self._reindex(resource_type, resource_id, orjson.loads(content), fresh=current is None)
         return Stored(
             resource_type,
             resource_id,
@@ -204,23 +212,23 @@ class Repository:
     ) -> None:
         r = schema.resources
         if current is None:
-            try:
-                with self.conn.begin_nested():
-                    self.conn.execute(
-                        insert(r).values(
-                            type=resource_type,
-                            id=resource_id,
-                            version_id=version,
-                            last_updated=now,
-                            deleted=False,
-                            content=content,
-                            created_by=self.actor.client_id,
-                        )
-                    )
-            except IntegrityError as exc:
-                raise FhirError(
-                    "version-conflict", f"{resource_type}/{resource_id} was created meanwhile."
-                ) from exc
+            # ON CONFLICT DO NOTHING, not a savepoint around a failing INSERT: one round trip, not three.
+            done = self.conn.execute(
+                upsert(self.conn, r)
+                .values(
+                    type=resource_type,
+                    id=resource_id,
+                    version_id=version,
+                    last_updated=now,
+                    deleted=False,
+                    content=content,
+                    created_by=self.actor.client_id,
+                )
+                .on_conflict_do_nothing()
+                .execution_options(preserve_rowcount=True)  # an INSERT's rowcount is kept only when asked
+            )
+            if done.rowcount != 1:
+                raise FhirError("version-conflict", f"{resource_type}/{resource_id} was created meanwhile.")
             return
         created_by = current.created_by if not current.deleted else self.actor.client_id
         done = self.conn.execute(
@@ -285,8 +293,10 @@ class Repository:
                 content=content,
             )
 
-    def _reindex(self, resource_type: str, resource_id: str, resource: dict) -> None:
-        self._clear_index(resource_type, resource_id)
+    def _reindex(self, resource_type: str, resource_id: str, resource: dict, *, fresh: bool = False) -> None:
+        """Index rows of the new version; a `fresh` resource (no row before this save) has none to clear."""
+        if not fresh:
+            self._clear_index(resource_type, resource_id)
         rows = index_rows(resource_type, resource_id, resource, self.tz)
         if rows:
             self.conn.execute(insert(schema.search_index), rows)
@@ -306,6 +316,11 @@ class Repository:
         slot_offers.forget(self.conn, resource_type, resource_id)
         if resource_type == "Location":
             self.conn.execute(delete(p).where(and_(p.c.type == resource_type, p.c.id == resource_id)))
+
+
+def upsert(conn: Connection, table: Table) -> PgInsert | SqliteInsert:
+    """An INSERT of the connection's dialect, which can say what to do on a conflict."""
+    return pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
 
 
 def serialise(resource_type: str, resource_id: str, version: int, now: int, resource: dict) -> bytes:
