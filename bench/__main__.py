@@ -23,7 +23,7 @@ import httpx
 from rich.console import Console
 from sqlalchemy import create_engine, text
 
-from bench import booking, curve, data, feed, load, report
+from bench import booking, curve, data, feed, load, report, search
 from terminhub.store.database import normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,22 +187,22 @@ def _curve(name: str, kind: str, lv: curve.Levels, run) -> load.Result:  # noqa:
     return points[-1]
 
 
-def _reads(base: str, loaded: data.Loaded, token: str, kind: str, lv: curve.Levels) -> dict:
-    """Slot reads by id and Slot searches by specialty, each as a curve."""
+def _reads(
+    base: str,
+    loaded: data.Loaded,
+    tokens: dict[str, str],
+    searches: list[load.Request],
+    kind: str,
+    lv: curve.Levels,
+) -> dict:
+    """Slot reads by id and third parties' slot searches (`$termine_suchen`), each as a curve."""
     reads = [f"/fhir/Slot/{i}" for i in loaded.slot_ids]
-    day = loaded.first_day.isoformat()
-    searches = [
-        f"/fhir/Slot?specialty={data.FACHGEBIET_SYSTEM}|{code}&start=ge{day}&status=free&_count=20"
-        for code in loaded.specialties
-    ]
 
-    def runner(name: str, paths: list[str]):  # noqa: ANN202
+    def runner(name: str, paths: list, token: str):  # noqa: ANN202
         return lambda conns, secs: load.run_gets(name, base, paths, token=token, total=conns, seconds=secs)
 
-    read, search = (
-        _curve("read", kind, lv, runner("read", reads)),
-        _curve("search", kind, lv, runner("search", searches)),
-    )
+    read = _curve("read", kind, lv, runner("read", reads, tokens["admin"]))
+    search = _curve("search", kind, lv, runner("search", searches, tokens["third"]))
     return {
         "read_rps": round(read.rps, 1), "read_p99_ms": round(read.p99_ms, 2),
         "read_p50_ms": round(read.p50_ms, 2),
@@ -211,9 +211,38 @@ def _reads(base: str, loaded: data.Loaded, token: str, kind: str, lv: curve.Leve
     }  # fmt: skip
 
 
-def run_one(kind: str, quick: bool) -> dict:
+def analyze(url: str) -> None:
+    """Refresh the planner's statistics after a bulk load, as autovacuum would (some servers run without)."""
+    engine = create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    engine.dispose()
+
+
+def _load(
+    loaded: data.Loaded | None, base: str, token: str, practices: int, upto: int, planned: int, url: str
+):  # noqa: ANN202
+    """Load (or load further) up to `upto` Slots, then analyze; the Loaded."""
+    console.print(f"loading {practices:,} practices and {upto:,} slots …")
+    if loaded is None:
+        loaded = data.load(base, token, practices, upto, planned)
+    else:
+        data.load_more(loaded, base, token, upto)
+    console.print(f"  {loaded.slots:,} slots, {loaded.slots_per_s:,.0f} slots/s")
+    analyze(url)
+    return loaded
+
+
+def scales(quick: bool, scale: int | None) -> list[int]:
+    """Slot counts to measure at: a tenth of the scale, then the scale (cost against stored Slots)."""
+    top = scale or (5_000 if quick else 1_000_000)
+    return [top // 10, top]
+
+
+def run_one(kind: str, quick: bool, scale: int | None) -> dict:
     """The whole benchmark against one fresh database."""
-    practices, slots = (20, 5_000) if quick else (5_000, 1_000_000)
+    practices = 20 if quick else 5_000
+    sizes = scales(quick, scale)
     lv = curve.levels(quick)
     result: dict = dict.fromkeys(report.KEYS) | {"machine": report.machine(), "database": kind}
     with fresh_database(kind) as url:
@@ -222,6 +251,7 @@ def run_one(kind: str, quick: bool) -> dict:
         env = os.environ | {
             "TERMINHUB_DATABASE_URL": url, "TERMINHUB_BASE_URL": base,
             "TERMINHUB_PROVENANCE_MIN_INTERVAL_S": "0",  # the feed workload polls back to back
+            "TERMINHUB_REFERRAL_FREE": search.REFERRAL_FREE,  # third parties search every Fachgebiet
         }  # fmt: skip
         console.print(f"[bold]{kind}[/]: {url}")
         _terminhub("db", "upgrade", "--database", url, env=env)
@@ -229,21 +259,32 @@ def run_one(kind: str, quick: bool) -> dict:
         bsnrs = [data.bsnr(p) for p in range(1, min(practices, feed.MAX_BSNRS) + 1)]
         practice = _client("bench-practice", "practice", env, bsnrs=bsnrs)
         booker = _client("bench-booker", "scheduling-client", env)
+        third = _client("bench-third-party", "third-party", env)
         with server(url, port, env) as proc, httpx.Client(base_url=base) as http:
             admin_token = data.token(http, admin["client_id"], admin["client_secret"])
             since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
-            console.print(f"loading {practices:,} practices and {slots:,} slots …")
-            loaded = data.load(base, admin_token, practices, slots)
+            loaded = _load(None, base, admin_token, practices, sizes[0], sizes[-1], url)
+            tokens = {
+                "admin": admin_token,
+                "third": (third_token := data.token(http, third["client_id"], third["client_secret"])),
+            }
+            codes = search.request_codes(base, third_token, loaded.specialties)
+            searches = search.requests(codes, practices)
+            top_only = curve.Levels(lv.connections[-1:], lv.short_s, lv.long_s)
+            smaller = {"slots": loaded.slots} | _reads(
+                base, loaded, tokens, searches, f"{kind}-{loaded.slots}", top_only
+            )
+            loaded = _load(loaded, base, admin_token, practices, sizes[-1], sizes[-1], url)
             result["slots"] = loaded.slots
             result["load_slots_per_s"] = round(loaded.slots_per_s, 1)
-            rate = loaded.slots_per_s
-            console.print(f"  {loaded.slots:,} slots in {loaded.seconds:.1f} s: {rate:,.0f} slots/s")
             floor = load.run("http floor", base, ["/fhir/metadata"], token=None, seconds=lv.long_s)
             _show(floor)
             result["http_floor_rps"] = round(floor.rps, 1)
             result["http_floor_p99_ms"] = round(floor.p99_ms, 2)
-            token = data.token(http, admin["client_id"], admin["client_secret"])
-            result |= _reads(base, loaded, token, kind, lv)
+            result |= _reads(base, loaded, tokens, searches, kind, lv)
+            result["smaller_scale"] = smaller
+            if smaller["search_p99_ms"]:
+                result["search_p99_growth"] = round(result["search_p99_ms"] / smaller["search_p99_ms"], 2)
             book_token = data.token(http, booker["client_id"], booker["client_secret"])
             booked = booking.run(base, url, book_token, loaded.all_slot_ids, lv, _show)
             curve.plot("booking", kind, booked.points)
@@ -265,13 +306,16 @@ def main() -> None:
         "--quick", action="store_true", help="20 practices, 5,000 slots, fewer levels, 2-3 s windows"
     )
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--scale", type=int, help="Slots at the larger scale (default 1,000,000; quick 5,000); also a tenth"
+    )
     args = parser.parse_args()
     results = []
     for kind in args.databases.split(","):
         if kind == "postgresql" and not _pg_reachable():
             console.print(f"PostgreSQL at {PG_SERVER} is not reachable: skipped")
             continue
-        results.append(run_one(kind, args.quick))
+        results.append(run_one(kind, args.quick, args.scale))
     report.write(results, console)
 
 

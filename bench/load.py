@@ -89,11 +89,15 @@ async def _timed(client: httpx.AsyncClient, part: _Part, method: str, path: str,
     return resp
 
 
-async def _random(client: httpx.AsyncClient, part: _Part, paths: list[str], deadline: float, seed: int):
-    """GET random paths until the deadline."""
+async def _random(
+    client: httpx.AsyncClient, part: _Part, paths: list[str | Request], deadline: float, seed: int
+):
+    """Random requests until the deadline: a path is a GET, a Request is sent as it is."""
     rng = random.Random(seed)
     while time.perf_counter() < deadline:
-        await _timed(client, part, "GET", rng.choice(paths), None)
+        chosen = rng.choice(paths)
+        method, path, body = ("GET", chosen, None) if isinstance(chosen, str) else chosen
+        await _timed(client, part, method, path, body)
 
 
 async def _plan(client: httpx.AsyncClient, part: _Part, plan: list[Request], deadline: float, _seed: int):
@@ -192,9 +196,10 @@ def run(
 
 
 def run_gets(
-    name: str, base_url: str, paths: list[str], *, token: str | None, total: int, seconds: float
+    name: str, base_url: str, paths: list[str | Request], *, token: str | None, total: int, seconds: float
 ) -> Result:
-    """GETs of `paths` (chosen at random) from `total` connections over at most two processes."""
+    """Requests chosen at random from `paths` (a path is a GET) by `total` connections over at most two
+    processes."""
     works = [[paths] * n for n in split(total)]
     return _drive(name, "random", base_url, token, works, seconds)
 
