@@ -389,7 +389,7 @@ def search_slots(ctx: Context, call: Call) -> Reply:
         raise FhirError("invalid", "_count must not be negative and page starts at 1.")
     count = min(count, MAX_COUNT)
     service = _referrals(ctx)
-    ref = service.lookup(raw, ctx.caller.client_id, for_update=True)
+    ref = service.lookup_to_search(raw, ctx.caller.client_id)
     ctx.audit_entity = "Slot"
     service.guard(ref, "search")
     ref = service.open_window(ref)

@@ -204,6 +204,16 @@ class ReferralService:
             ref = self._set_status(ref, "completed", expired=True, repo=self.repo.acting_as(HUB))
         return ref
 
+    def lookup_to_search(self, raw: str, client_id: str) -> Referral:
+        """`lookup` for a search: without a row lock where the window is open and running, since the search
+        then changes nothing (a lock would make concurrent searches with one code wait for each other and
+        turn each search into a write); with it where the window still has to open or has ended."""
+        self._check_failures(client_id)
+        row = self.conn.execute(select(T).where(T.c.code == codes.normalise(raw))).first()
+        if row is not None and row.window_start is not None and row.window_end > self.now:
+            return self._load(row)
+        return self.lookup(raw, client_id, for_update=True)
+
     def _load(self, row) -> Referral:  # noqa: ANN001
         stored = self.repo.get("ServiceRequest", row.service_request_id)
         resource = stored.resource()
