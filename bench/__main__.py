@@ -181,9 +181,11 @@ def _show(r: load.Result) -> None:
 
 
 def _curve(name: str, kind: str, lv: curve.Levels, run) -> load.Result:  # noqa: ANN001
-    """The workload at every level, plotted; the last level's Result is the table's figure."""
+    """The workload at every level, plotted where there are several; the last level's Result is the
+    table's figure."""
     points = curve.measure(lv, run, _show)
-    curve.plot(name, kind, points)
+    if len(points) > 1:
+        curve.plot(name, kind, points)
     return points[-1]
 
 
