@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
-from terminhub.store import feed
+from terminhub.store import appends, feed
 
 
 def normalise_url(url: str) -> str:
@@ -66,6 +66,7 @@ class Database:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url)
         feed.follow_savepoints(self.engine)
+        appends.follow(self.engine)
         self.sqlite = is_sqlite(self.url)
 
     @contextmanager
@@ -73,13 +74,16 @@ class Database:
         with self.engine.connect() as conn:
             conn.execution_options(write=write)
             feed.begin(conn)
+            appends.forget(conn)
             try:
                 with conn.begin():
                     yield conn
+                    appends.flush(conn)
                     # The feed position is stamped last, just before the commit (DESIGN rule 7).
                     feed.stamp(conn)
             finally:
                 feed.forget(conn)
+                appends.forget(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
-from terminhub.store import feed, schema, slot_offers
+from terminhub.store import appends, feed, schema, slot_offers
 from terminhub.store.indexer import index_rows, position
 
 NO_OUTBOX = frozenset({"AuditEvent", "Provenance", "OperationDefinition", "SearchParameter"})
@@ -244,28 +244,27 @@ class Repository:
     def _record(
         self, resource_type: str, resource_id: str, version: int, now: int, method: str, content: bytes | None
     ) -> None:
-        self.conn.execute(
-            insert(schema.resource_versions).values(
-                type=resource_type,
-                id=resource_id,
-                version_id=version,
-                last_updated=now,
-                method=method,
-                content=content,
-            )
-        )
+        """History and outbox rows are only appended: they are written together before the commit."""
+        version_row = {
+            "type": resource_type,
+            "id": resource_id,
+            "version_id": version,
+            "last_updated": now,
+            "method": method,
+            "content": content,
+        }
+        appends.add(self.conn, schema.resource_versions, version_row)
         self.changes.append(Change(resource_type, resource_id, version, method))
         if resource_type not in NO_OUTBOX:
-            self.conn.execute(
-                insert(schema.outbox).values(
-                    recorded=now,
-                    resource_type=resource_type,
-                    resource_id=resource_id,
-                    version_id=version,
-                    method=method,
-                    client_id=self.actor.client_id,
-                )
-            )
+            outbox_row = {
+                "recorded": now,
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+                "version_id": version,
+                "method": method,
+                "client_id": self.actor.client_id,
+            }
+            appends.add(self.conn, schema.outbox, outbox_row)
 
     def _note(
         self,
