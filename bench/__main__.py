@@ -222,29 +222,28 @@ def analyze(url: str) -> None:
 
 
 def _load(
-    loaded: data.Loaded | None, base: str, token: str, practices: int, upto: int, planned: int, url: str
-):  # noqa: ANN202
-    """Load (or load further) up to `upto` Slots, then analyze; the Loaded."""
-    console.print(f"loading {practices:,} practices and {upto:,} slots …")
+    loaded: data.Loaded | None, base: str, token: str, practices: int, slots: int, url: str
+) -> data.Loaded:
+    """Load the directory and a tenth of `slots` Slots, or (given `loaded`) the rest; then analyze."""
+    what = f"{practices:,} practices and a tenth of {slots:,} slots" if loaded is None else "the other slots"
+    console.print(f"loading {what} …")
     if loaded is None:
-        loaded = data.load(base, token, practices, upto, planned)
+        loaded = data.load(base, token, practices, slots)
     else:
-        data.load_more(loaded, base, token, upto)
-    console.print(f"  {loaded.slots:,} slots, {loaded.slots_per_s:,.0f} slots/s")
+        data.load_more(loaded, base, token)
+    console.print(f"  {loaded.slots:,} slots in all, {loaded.slots_per_s:,.0f} slots/s")
     analyze(url)
     return loaded
 
 
-def scales(quick: bool, scale: int | None) -> list[int]:
-    """Slot counts to measure at: a tenth of the scale, then the scale (cost against stored Slots)."""
-    top = scale or (5_000 if quick else 1_000_000)
-    return [top // 10, top]
+def default_scale(quick: bool) -> int:
+    return 5_000 if quick else 1_000_000
 
 
 def run_one(kind: str, quick: bool, scale: int | None) -> dict:
     """The whole benchmark against one fresh database."""
     practices = 20 if quick else 5_000
-    sizes = scales(quick, scale)
+    slots = scale or default_scale(quick)
     lv = curve.levels(quick)
     result: dict = dict.fromkeys(report.KEYS) | {"machine": report.machine(), "database": kind}
     with fresh_database(kind) as url:
@@ -258,25 +257,25 @@ def run_one(kind: str, quick: bool, scale: int | None) -> dict:
         console.print(f"[bold]{kind}[/]: {url}")
         _terminhub("db", "upgrade", "--database", url, env=env)
         admin = _client("bench-admin", "admin", env)
-        bsnrs = [data.bsnr(p) for p in range(1, min(practices, feed.MAX_BSNRS) + 1)]
+        bsnrs = [p.bsnr for p in data.practice_plans(practices)[: feed.MAX_BSNRS]]
         practice = _client("bench-practice", "practice", env, bsnrs=bsnrs)
         booker = _client("bench-booker", "scheduling-client", env)
         third = _client("bench-third-party", "third-party", env)
         with server(url, port, env) as proc, httpx.Client(base_url=base) as http:
             admin_token = data.token(http, admin["client_id"], admin["client_secret"])
             since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
-            loaded = _load(None, base, admin_token, practices, sizes[0], sizes[-1], url)
+            loaded = _load(None, base, admin_token, practices, slots, url)
             tokens = {
                 "admin": admin_token,
                 "third": (third_token := data.token(http, third["client_id"], third["client_secret"])),
             }
             codes = search.request_codes(base, third_token, loaded.specialties)
-            searches = search.requests(codes, practices)
+            searches = search.requests(codes, loaded.places)
             top_only = curve.Levels(lv.connections[-1:], lv.short_s, lv.long_s)
             smaller = {"slots": loaded.slots} | _reads(
                 base, loaded, tokens, searches, f"{kind}-{loaded.slots}", top_only
             )
-            loaded = _load(loaded, base, admin_token, practices, sizes[-1], sizes[-1], url)
+            loaded = _load(loaded, base, admin_token, practices, slots, url)
             result["slots"] = loaded.slots
             result["load_slots_per_s"] = round(loaded.slots_per_s, 1)
             floor = load.run("http floor", base, ["/fhir/metadata"], token=None, seconds=lv.long_s)

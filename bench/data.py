@@ -1,4 +1,12 @@
-"""Test data loaded through the public FHIR API: practices, their Schedules and free Slots."""
+"""The benchmark's data: `terminhub demo load`'s directory at a larger size, loaded through the public API.
+
+The demo generator (terminhub.demo) plans practices in German cities with their doctors, Terminprofile and
+consultation hours; over 12 weeks, 5,000 practices have about 10.6 million whole Slots. A benchmark of
+`n` Slots keeps every k-th of them (k = that total / n, at least 1), so the Slots still cover every
+practice and all 12 weeks, only thinner (as when a practice offers part of its hours online). Everything is
+posted as transaction Bundles of 1,000 PUTs by an admin: first the directory, one Bundle at a time (later
+entries refer to earlier ones), then the Slots, two Bundles at a time (one per server worker).
+"""
 
 from __future__ import annotations
 
@@ -9,38 +17,56 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 
 import httpx
 
-from terminhub.demo.names import BSNR_SYSTEM, FACHGEBIET_SYSTEM, FACHGEBIETE
+from terminhub.demo import DemoSettings, count, generate
+from terminhub.demo.plan import PracticePlan, plan
 
 BUNDLE_SIZE = 1000
-TZ = datetime.timezone(datetime.timedelta(hours=1))  # CET; the offset is explicit on every instant
+DAYS = 84  # 12 weeks
+SEED = 1
+STAGES = 10  # the first scale loads one Slot in STAGES of the chosen ones, the second the rest
+BOOKABLE_BY = "urn:terminhub:bookable-by"
 
 
 @dataclass
 class Loaded:
     """What the workloads need to know about the loaded data."""
 
+    settings: DemoSettings
+    step: int  # every step-th Slot of the demo's is loaded
+    practices: list[PracticePlan]
     slot_ids: list[str] = field(default_factory=list)  # a sample, for reads
-    all_slot_ids: list[str] = field(default_factory=list)  # every one, for bookings that must not collide
-    specialties: list[str] = field(default_factory=list)
-    first_day: datetime.date = datetime.date.today()
+    all_slot_ids: list[str] = field(default_factory=list)  # bookable by scheduling clients, for bookings
     slots: int = 0
     seconds: float = 0.0
-    bsnrs: list[str] = field(default_factory=list)
-    schedules: list[str] = field(default_factory=list)
-    planned: int = 0  # the Slots of the largest scale: they are spread over 12 weeks from the start
+    stages_loaded: int = 0
+    not_for_booking: set[str] = field(default_factory=set)  # Schedules a scheduling client may not book
 
     @property
     def slots_per_s(self) -> float:
         return self.slots / self.seconds if self.seconds else 0.0
 
+    @property
+    def specialties(self) -> list[str]:
+        return sorted({p.fachgebiet.code for p in self.practices})
 
-def bsnr(number: int) -> str:
-    """A 9-digit BSNR, unique per practice number."""
-    return f"99{number:07d}"
+    @property
+    def places(self) -> list[tuple[str, str]]:
+        """(Fachgebiet code, postal code) of every practice."""
+        return [(p.fachgebiet.code, p.postal_code) for p in self.practices]
+
+
+def settings(practices: int) -> DemoSettings:
+    """The demo at benchmark size: 12 weeks of Slots from tomorrow (no Slot of the run lies in the past)."""
+    tomorrow = datetime.date.today() + datetime.timedelta(days=1)
+    return DemoSettings(practices=practices, days=DAYS, seed=SEED, start=tomorrow)
+
+
+def practice_plans(practices: int) -> list[PracticePlan]:
+    """The practices the benchmark will load (their BSNRs are known before anything is loaded)."""
+    return plan(settings(practices))
 
 
 def token(client: httpx.Client, client_id: str, secret: str) -> str:
@@ -53,78 +79,27 @@ def token(client: httpx.Client, client_id: str, secret: str) -> str:
     return resp.json()["access_token"]
 
 
-def postal_code(practice: int) -> str:
-    """A German-looking postal code, spread over the country by practice number."""
-    return f"{(practice * 7919) % 90000 + 10000:05d}"
+def demo_slot_count(demo: DemoSettings) -> int:
+    return count(demo) - sum(1 for r in _directory(demo))
 
 
-def specialty_of(practice: int) -> str:
-    return FACHGEBIETE[practice % len(FACHGEBIETE)].code
+def _directory(demo: DemoSettings) -> Iterator[dict]:
+    """The demo's directory: everything it generates before the first Slot."""
+    for resource in generate(demo):
+        if resource["resourceType"] == "Slot":
+            return
+        yield resource
 
 
-def _coding(code: str, display: str) -> dict:
-    return {"coding": [{"system": FACHGEBIET_SYSTEM, "code": code, "display": display}]}
-
-
-def _directory(practices: int, schedules_per_practice: int) -> Iterator[dict]:
-    """Organization, PractitionerRoles and Schedules of every practice, each after what it references."""
-    for p in range(1, practices + 1):
-        fg = FACHGEBIETE[p % len(FACHGEBIETE)]
-        spec = _coding(fg.code, fg.display)
-        yield {
-            "resourceType": "Organization",
-            "id": f"b-org-{p}",
-            "identifier": [{"system": BSNR_SYSTEM, "value": bsnr(p)}],
-            "active": True,
-            "name": f"Bench-Praxis {p} – {fg.label}",
-            "address": [{"city": "Musterstadt", "postalCode": postal_code(p), "country": "DE"}],
-        }
-        for s in range(1, schedules_per_practice + 1):
-            yield {
-                "resourceType": "PractitionerRole",
-                "id": f"b-role-{p}-{s}",
-                "active": True,
-                "organization": {"reference": f"Organization/b-org-{p}"},
-                "specialty": [spec],
-            }
-            yield {
-                "resourceType": "Schedule",
-                "id": f"b-sched-{p}-{s}",
-                "active": True,
-                "specialty": [spec],
-                "actor": [{"reference": f"PractitionerRole/b-role-{p}-{s}"}],
-            }
-
-
-WEEKDAYS = 60  # 12 weeks
-
-
-def _slots(schedules: list[str], total: int, first_day: datetime.date) -> Iterator[dict]:
-    """`total` free 15-minute Slots spread round-robin over the Schedules and over the weekdays of 12 weeks
-    (08:00–16:00, spread over the day where a Schedule has fewer than 32 a day)."""
-    per_day = min(32, max(1, -(-total // (len(schedules) * WEEKDAYS))))
-    step = 32 // per_day
-    counters = dict.fromkeys(schedules, 0)
-    n = 0
-    while n < total:
-        for sched in schedules:
-            if n >= total:
-                return
-            i = counters[sched]
-            counters[sched] = i + 1
-            day, k = divmod(i, per_day)
-            date = first_day + datetime.timedelta(days=day + 2 * (day // 5))  # skip weekends
-            start = datetime.datetime.combine(date, datetime.time(8), TZ)
-            start += datetime.timedelta(minutes=15 * k * step)
-            yield {
-                "resourceType": "Slot",
-                "id": f"b-slot-{sched.removeprefix('b-sched-')}-{i}",
-                "schedule": {"reference": f"Schedule/{sched}"},
-                "status": "free",
-                "start": start.isoformat(),
-                "end": (start + datetime.timedelta(minutes=15)).isoformat(),
-            }
-            n += 1
+def _slots(demo: DemoSettings, step: int, stages: range) -> Iterator[dict]:
+    """Every step-th Slot of the demo whose position among those falls into one of `stages` (of STAGES)."""
+    chosen = 0
+    for i, resource in enumerate(r for r in generate(demo) if r["resourceType"] == "Slot"):
+        if i % step:
+            continue
+        if chosen % STAGES in stages:
+            yield resource
+        chosen += 1
 
 
 def _bundle(resources: list[dict]) -> dict:
@@ -132,10 +107,7 @@ def _bundle(resources: list[dict]) -> dict:
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {
-                "resource": r,
-                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-            }
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
             for r in resources
         ],
     }
@@ -173,34 +145,39 @@ def _posted(client: httpx.Client, batches: Iterator[list[dict]], in_flight: int)
             yield done
 
 
-def load(base_url: str, admin_token: str, practices: int, slots: int, planned: int | None = None) -> Loaded:
-    """Load the directory and the first `slots` of `planned` free Slots; time the Slot load alone."""
-    schedules_per_practice = 2
-    first_day = datetime.date.today() + datetime.timedelta(days=1)
-    out = Loaded(first_day=first_day, bsnrs=[bsnr(p) for p in range(1, practices + 1)])
-    out.specialties = sorted({specialty_of(p) for p in range(1, practices + 1)})
-    out.schedules = [f"b-sched-{p}-{s}" for p in range(1, practices + 1) for s in range(1, 3)]
-    out.planned = planned or slots
+def load(base_url: str, admin_token: str, practices: int, slots: int) -> Loaded:
+    """Load the directory of `practices` practices and the first of two scales: a tenth of `slots`."""
+    demo = settings(practices)
+    loaded = Loaded(demo, max(1, demo_slot_count(demo) // max(1, slots)), plan(demo))
     headers = {"Authorization": f"Bearer {admin_token}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
-        for batch in _batched(_directory(practices, schedules_per_practice), BUNDLE_SIZE):
+        for batch in _batched(_directory(demo), BUNDLE_SIZE):
             _post(client, batch)
-    load_more(out, base_url, admin_token, slots)
-    return out
+            for r in batch:
+                if r["resourceType"] == "Schedule" and _not_for_scheduling_clients(r):
+                    loaded.not_for_booking.add(f"Schedule/{r['id']}")
+    load_more(loaded, base_url, admin_token, range(0, 1))
+    return loaded
 
 
-def load_more(loaded: Loaded, base_url: str, admin_token: str, upto: int) -> None:
-    """Load further Slots until `upto` are stored, two Bundles at a time (one per server worker)."""
+def load_more(loaded: Loaded, base_url: str, admin_token: str, stages: range | None = None) -> None:
+    """Load the Slots of `stages` (by default all not loaded yet), timing the Slot load alone."""
+    stages = stages or range(loaded.stages_loaded, STAGES)
     headers = {"Authorization": f"Bearer {admin_token}"}
-    wanted = islice(_slots(loaded.schedules, loaded.planned, loaded.first_day), loaded.slots, upto)
     t0 = time.perf_counter()
-    with (
-        httpx.Client(base_url=base_url, headers=headers, timeout=600) as client,
-        ThreadPoolExecutor(2) as pool,
-    ):
-        for batch in pool.map(lambda b: _post(client, b) or b, _batched(wanted, BUNDLE_SIZE)):
+    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
+        batches = _batched(_slots(loaded.settings, loaded.step, stages), BUNDLE_SIZE)
+        for batch in _posted(client, batches, in_flight=2):
             loaded.slots += len(batch)
-            loaded.all_slot_ids.extend(r["id"] for r in batch)
+            loaded.all_slot_ids += [
+                r["id"] for r in batch if r["schedule"]["reference"] not in loaded.not_for_booking
+            ]
             # keep a sample of ids for the read workload
-            loaded.slot_ids.extend(r["id"] for r in random.sample(batch, min(len(batch), 50)))
+            loaded.slot_ids += [r["id"] for r in random.sample(batch, min(len(batch), 50))]
     loaded.seconds += time.perf_counter() - t0
+    loaded.stages_loaded = stages.stop
+
+
+def _not_for_scheduling_clients(schedule: dict) -> bool:
+    faces = [e.get("valueCode") for e in schedule.get("extension") or [] if e.get("url") == BOOKABLE_BY]
+    return bool(faces) and "scheduling-client" not in faces

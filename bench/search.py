@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import orjson
 
-from bench import data, load
+from bench import load
 from terminhub.demo.names import FACHGEBIET_SYSTEM, FACHGEBIETE
 
 CODES_PER_SPECIALTY = 4
@@ -38,11 +38,12 @@ def request_codes(base_url: str, token: str, specialties: list[str]) -> dict[str
     return codes
 
 
-def requests(codes: dict[str, list[str]], practices: int) -> list[load.Request]:
-    """Searches with every code, each with a postal-code prefix where practices of its Fachgebiet are."""
+def requests(codes: dict[str, list[str]], places: list[tuple[str, str]]) -> list[load.Request]:
+    """Searches with every code, each with a postal-code prefix where practices of its Fachgebiet are
+    (`places`: each practice's Fachgebiet and postal code)."""
     prefixes: dict[str, set[str]] = {}
-    for p in range(1, practices + 1):
-        prefixes.setdefault(data.specialty_of(p), set()).add(data.postal_code(p)[0])
+    for specialty, postal_code in places:
+        prefixes.setdefault(specialty, set()).add(postal_code[0])
     out: list[load.Request] = []
     for specialty, numbers in codes.items():
         for number in numbers:

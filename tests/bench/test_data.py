@@ -1,4 +1,5 @@
-"""The benchmark's data and requests: what `make bench` loads and asks is what the issue describes."""
+"""The benchmark's data and requests: the demo directory at a larger size, thinned to the wanted number of
+Slots over all 12 weeks, split into two scales; searches as third parties make them."""
 
 from __future__ import annotations
 
@@ -8,51 +9,61 @@ from collections import Counter
 import orjson
 
 from bench import data, search
-from bench.__main__ import scales
+from bench.__main__ import default_scale
 
-FIRST_DAY = datetime.date(2030, 3, 4)  # a Monday
-
-
-def slots(practices: int, total: int) -> list[dict]:
-    schedules = [f"b-sched-{p}-{s}" for p in range(1, practices + 1) for s in (1, 2)]
-    return list(data._slots(schedules, total, FIRST_DAY))
+DEMO = data.settings(practices=4)
 
 
-def test_slots_are_spread_over_twelve_weeks_of_weekdays() -> None:
-    made = slots(practices=10, total=1_200)
-    days = {datetime.datetime.fromisoformat(s["start"]).date() for s in made}
-    assert len(made) == 1_200 and len({s["id"] for s in made}) == 1_200
-    assert len(days) == data.WEEKDAYS and all(d.weekday() < 5 for d in days)
-    assert max(days) - min(days) < datetime.timedelta(weeks=12)
+def chosen(step: int, stages: range) -> list[dict]:
+    return list(data._slots(DEMO, step, stages))
 
 
-def test_a_schedule_never_has_two_slots_at_once() -> None:
-    made = slots(practices=3, total=3_000)
-    starts = Counter((s["schedule"]["reference"], s["start"]) for s in made)
-    assert max(starts.values()) == 1
-    for s in made:
-        start, end = (datetime.datetime.fromisoformat(s[k]) for k in ("start", "end"))
-        assert end - start == datetime.timedelta(minutes=15) and 8 <= start.hour < 16
+def test_the_directory_comes_whole_before_any_slot() -> None:
+    kinds = Counter(r["resourceType"] for r in data._directory(DEMO))
+    assert kinds["Organization"] == 4 and kinds["Schedule"] >= 4 and "Slot" not in kinds
+
+
+def test_every_kth_slot_is_kept_over_all_twelve_weeks_and_every_schedule() -> None:
+    total = data.demo_slot_count(DEMO)
+    every = chosen(1, range(data.STAGES))
+    thin = chosen(10, range(data.STAGES))
+    assert len(every) == total and len(thin) == -(-total // 10)
+    days = {datetime.datetime.fromisoformat(s["start"]).date() for s in thin}
+    assert max(days) - min(days) > datetime.timedelta(weeks=11)
+    assert {s["schedule"]["reference"] for s in thin} == {s["schedule"]["reference"] for s in every}
+    assert min(days) > datetime.date.today()  # nothing booked in the run lies in the past
+
+
+def test_the_two_scales_split_the_chosen_slots_one_to_nine() -> None:
+    first, rest = chosen(3, range(0, 1)), chosen(3, range(1, data.STAGES))
+    assert {s["id"] for s in first}.isdisjoint(s["id"] for s in rest)
+    assert len(first) + len(rest) == len(chosen(3, range(data.STAGES)))
+    assert abs(len(rest) - 9 * len(first)) <= 9
+
+
+def test_schedules_closed_to_scheduling_clients_are_known() -> None:
+    schedules = [r for r in data._directory(data.settings(practices=30)) if r["resourceType"] == "Schedule"]
+    closed = [s for s in schedules if data._not_for_scheduling_clients(s)]
+    assert closed and len(closed) < len(schedules)
 
 
 def test_searches_carry_a_code_and_a_postal_prefix_where_practices_of_its_fachgebiet_are() -> None:
-    codes = {data.specialty_of(p): [f"CODE{p}"] for p in range(1, 8)}
-    made = search.requests(codes, practices=7)
-    assert made and all(method == "POST" and path == "/fhir/$termine_suchen" for method, path, _ in made)
-    for _, _, body in made:
-        params = {
-            p["name"]: next(v for k, v in p.items() if k != "name") for p in orjson.loads(body)["parameter"]
-        }
-        practice = int(params["vermittlungscode"].removeprefix("CODE"))
-        assert params["plz"] == data.postal_code(practice)[0] and params["_count"] == 20
+    places = [("01", "10115"), ("01", "80331"), ("05", "50667")]
+    made = search.requests({"01": ["CODE01"], "05": ["CODE05"]}, places)
+    bodies = [{p["name"]: list(p.values())[1] for p in orjson.loads(b)["parameter"]} for _, _, b in made]
+    assert all(m == "POST" and path == "/fhir/$termine_suchen" for m, path, _ in made)
+    assert {(b["vermittlungscode"], b["plz"]) for b in bodies} == {
+        ("CODE01", "1"),
+        ("CODE01", "8"),
+        ("CODE05", "5"),
+    }
+    assert all(b["_count"] == 20 for b in bodies)
 
 
-def test_every_searched_fachgebiet_is_referral_free_on_the_bench_server() -> None:
+def test_every_fachgebiet_is_referral_free_on_the_bench_server() -> None:
     free = search.REFERRAL_FREE.split(",")
-    assert all(f"{data.FACHGEBIET_SYSTEM}|{data.specialty_of(p)}" in free for p in range(1, 50))
+    assert all(f"{search.FACHGEBIET_SYSTEM}|{p.fachgebiet.code}" in free for p in data.practice_plans(50))
 
 
-def test_read_and_search_are_measured_at_a_tenth_of_the_scale_too() -> None:
-    assert scales(quick=False, scale=None) == [100_000, 1_000_000]
-    assert scales(quick=True, scale=None) == [500, 5_000]
-    assert scales(quick=False, scale=10_000_000) == [1_000_000, 10_000_000]
+def test_the_default_scale_is_a_million_slots() -> None:
+    assert default_scale(quick=False) == 1_000_000 and default_scale(quick=True) == 5_000
