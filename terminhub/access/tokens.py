@@ -157,6 +157,16 @@ class ClientCache:
         client = entry[0]
         return None if client is None or client.disabled else client
 
+    def fresh(self, client_id: str, now_monotonic: float) -> tuple[bool, Client | None]:
+        """(True, what `get` would answer) when the entry needs no database read, else (False, None):
+        the event loop answers most requests from the cache without handing them to a thread first."""
+        with self._lock:
+            entry = self._entries.get(client_id)
+        if entry is None or now_monotonic - entry[1] >= self.recheck_s or now_monotonic < entry[1]:
+            return False, None
+        client = entry[0]
+        return True, None if client is None or client.disabled else client
+
     def invalidate(self, client_id: str | None = None) -> None:
         """Forget one client (or all), e.g. right after this process disabled it."""
         with self._lock:

@@ -83,6 +83,7 @@ class FhirEndpoint:
         self.tokens = tokens
         self.clients = clients
         self.tz = ZoneInfo(settings.timezone)
+        self._capability: bytes | None = None  # the CapabilityStatement, serialised once per process
 
     async def __call__(self, request: Request) -> Response:
         params = list(parse_qsl(request.url.query, keep_blank_values=True))
@@ -132,7 +133,10 @@ class FhirEndpoint:
                 "The bearer token is invalid or expired.",
                 headers={"WWW-Authenticate": 'Bearer realm="terminhub", error="invalid_token"'},
             ) from exc
-        client = await run_in_threadpool(self.clients.get, self.db, client_id, time.monotonic())
+        now = time.monotonic()
+        cached, client = self.clients.fresh(client_id, now)
+        if not cached:
+            client = await run_in_threadpool(self.clients.get, self.db, client_id, now)
         if client is None or client.disabled:
             raise FhirError(
                 "unauthorized",
@@ -151,7 +155,10 @@ class FhirEndpoint:
     def public_reply(self, method: str, segments: list[str], params: list[tuple[str, str]]) -> Reply | None:
         """metadata and the server's own definitions need no token."""
         if segments == ["metadata"] and method == "GET":
-            return Reply(200, capability.capability_statement(self.settings, _version(), _published()))
+            if self._capability is None:
+                statement = capability.capability_statement(self.settings, _version(), _published())
+                self._capability = orjson.dumps(statement)
+            return Reply(200, self._capability)
         if segments and segments[0] in PUBLIC_TYPES and method == "GET" and len(segments) <= 2:
             if len(segments) == 2:
                 found = capability.definition_lookup(segments[0], segments[1], self.settings)
