@@ -20,7 +20,7 @@ from terminhub.api.references import references
 from terminhub.clock import instant
 from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.searchparams import RESOURCE_TYPES
-from terminhub.fhir.validation import validate
+from terminhub.fhir.validation import valid_id, validate
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
@@ -81,6 +81,7 @@ def _transaction(ctx: Context, entries: list[dict], route: Callable) -> Reply:
         if "resource" in entry:
             entry["resource"] = _rewrite(entry["resource"], ids)
             _check_resolved(entry["resource"], index)
+    _learn_absent(ctx, entries)
     responses: list[dict | None] = [None] * len(entries)
     deferred: list[dict] = []
     for index in sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]]):
@@ -169,12 +170,29 @@ def _rewrite(node: Any, ids: dict[str, str]) -> Any:
     return node
 
 
+def _segments(ctx: Context, url: str) -> list[str]:
+    path = urlsplit(url).path.removeprefix(ctx.base).strip("/")
+    return [s for s in path.split("/") if s]
+
+
+def _learn_absent(ctx: Context, entries: list[dict]) -> None:
+    """Which ids the PUT entries name are new, in one query per type rather than one read per entry."""
+    wanted: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry["request"]["method"] != "PUT":
+            continue
+        segments = _segments(ctx, entry["request"]["url"])
+        if len(segments) == 2 and segments[0] in RESOURCE_TYPES and valid_id(segments[1]):
+            wanted.setdefault(segments[0], []).append(segments[1])
+    for resource_type, ids in wanted.items():
+        ctx.repo.learn_absent(resource_type, ids)
+
+
 def _run(ctx: Context, entry: dict, ids: dict[str, str], route: Callable, deferred: list[dict]) -> dict:
     request = entry["request"]
     method = request["method"]
     parts = urlsplit(request["url"])
-    path = parts.path.removeprefix(ctx.base).strip("/")
-    segments = [s for s in path.split("/") if s]
+    segments = _segments(ctx, request["url"])
     if not segments or segments[0] not in RESOURCE_TYPES:
         raise FhirError("invalid", f"{request['url']} does not name a served resource type.")
     resource_type = segments[0]

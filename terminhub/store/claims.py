@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from terminhub.store import schema
@@ -61,10 +63,19 @@ def ensure(conn: Connection, slot_id: str, base_status: str) -> None:
 def create(conn: Connection, slot_id: str, base_status: str) -> bool:
     """Create the claim row of a Slot if it has none; True when this call created it (with `base_status`)."""
     values = {"slot_id": slot_id, "base_status": base_status, "hold_renewed": False}
-    insert = pg_insert(C) if conn.dialect.name == "postgresql" else sqlite_insert(C)
-    statement = insert.values(**values).on_conflict_do_nothing(index_elements=["slot_id"])
-    done = conn.execute(statement.execution_options(preserve_rowcount=True))  # kept only when asked
-    return done.rowcount == 1
+    return conn.execute(_create_statement(conn.dialect.name), values).rowcount == 1
+
+
+_CREATE: dict[str, PgInsert | SqliteInsert] = {}
+
+
+def _create_statement(dialect: str) -> PgInsert | SqliteInsert:
+    """The INSERT of `create`, built once per dialect (a Bundle creates thousands of claims)."""
+    if dialect not in _CREATE:
+        insert = pg_insert(C) if dialect == "postgresql" else sqlite_insert(C)
+        statement = insert.on_conflict_do_nothing(index_elements=["slot_id"])
+        _CREATE[dialect] = statement.execution_options(preserve_rowcount=True)  # rowcount kept only if asked
+    return _CREATE[dialect]
 
 
 def get(conn: Connection, slot_id: str, *, for_update: bool = False) -> Claim | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Connection, Table, and_, delete, insert, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -76,21 +76,29 @@ class Repository:
     tz: ZoneInfo
     actor: Actor
     changes: list[Change] = field(default_factory=list)
+    absent: set[tuple[str, str]] = field(default_factory=set)  # known to have no row (`learn_absent`)
 
     def acting_as(self, actor: Actor) -> Repository:
         """The same transaction, changes recorded for another agent (the hub writing down an expiry)."""
-        return Repository(self.conn, self.clock, self.tz, actor, self.changes)
+        return Repository(self.conn, self.clock, self.tz, actor, self.changes, self.absent)
+
+    def learn_absent(self, resource_type: str, ids: list[str]) -> None:
+        """Which of these ids have no row, in one query per 500: a Bundle of new resources then need not
+        read each one before writing it. Every write through this repository forgets its id again."""
+        r = schema.resources
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = select(r.c.id).where(r.c.type == resource_type, r.c.id.in_(chunk))
+            found = {row.id for row in self.conn.execute(query)}
+            self.absent.update((resource_type, i) for i in chunk if i not in found)
 
     # -- reading -------------------------------------------------------------------------------------
     def get(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Stored | None:
         """The current version, deleted ones included (their content is None)."""
-        r = schema.resources
-        query = select(r.c.version_id, r.c.last_updated, r.c.deleted, r.c.content, r.c.created_by).where(
-            r.c.type == resource_type, r.c.id == resource_id
-        )
-        if for_update:
-            query = query.with_for_update()
-        row = self.conn.execute(query).first()
+        if (resource_type, resource_id) in self.absent:
+            return None
+        query = _GET_FOR_UPDATE if for_update else _GET
+        row = self.conn.execute(query, {"type": resource_type, "id": resource_id}).first()
         if row is None:
             return None
         return Stored(
@@ -154,6 +162,7 @@ class Repository:
         `absent`: the caller has just read that `resource_id` has no row in this transaction, so it is not
         read again; a row created meanwhile by another transaction is a version-conflict."""
         now = self.clock.now_us()
+        self.absent.discard((resource_type, resource_id))
         read = resource_id is not None and not absent
         current = self.get(resource_type, resource_id, for_update=True) if read else None
         if if_match is not None and (current is None or current.deleted or current.version_id != if_match):
@@ -185,6 +194,7 @@ class Repository:
 
     def delete(self, resource_type: str, resource_id: str) -> Stored | None:
         """Delete (a new, empty version); None when there was nothing to delete."""
+        self.absent.discard((resource_type, resource_id))
         current = self.get(resource_type, resource_id, for_update=True)
         if current is None or current.deleted:
             return None
@@ -213,20 +223,16 @@ class Repository:
         r = schema.resources
         if current is None:
             # ON CONFLICT DO NOTHING, not a savepoint around a failing INSERT: one round trip, not three.
-            done = self.conn.execute(
-                upsert(self.conn, r)
-                .values(
-                    type=resource_type,
-                    id=resource_id,
-                    version_id=version,
-                    last_updated=now,
-                    deleted=False,
-                    content=content,
-                    created_by=self.actor.client_id,
-                )
-                .on_conflict_do_nothing()
-                .execution_options(preserve_rowcount=True)  # an INSERT's rowcount is kept only when asked
-            )
+            values = {
+                "type": resource_type,
+                "id": resource_id,
+                "version_id": version,
+                "last_updated": now,
+                "deleted": False,
+                "content": content,
+                "created_by": self.actor.client_id,
+            }
+            done = self.conn.execute(_insert_new(self.conn), values)
             if done.rowcount != 1:
                 raise FhirError("version-conflict", f"{resource_type}/{resource_id} was created meanwhile.")
             return
@@ -320,6 +326,24 @@ class Repository:
 def upsert(conn: Connection, table: Table) -> PgInsert | SqliteInsert:
     """An INSERT of the connection's dialect, which can say what to do on a conflict."""
     return pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
+
+
+# The statements of every write, built once: building one costs more than running it on SQLite.
+_R = schema.resources
+_GET = select(_R.c.version_id, _R.c.last_updated, _R.c.deleted, _R.c.content, _R.c.created_by).where(
+    _R.c.type == bindparam("type"), _R.c.id == bindparam("id")
+)
+_GET_FOR_UPDATE = _GET.with_for_update()
+_INSERT_NEW: dict[str, PgInsert | SqliteInsert] = {}
+
+
+def _insert_new(conn: Connection) -> PgInsert | SqliteInsert:
+    """INSERT of a new resource row that inserts nothing if the id has a row (its rowcount kept: 0 or 1)."""
+    name = conn.dialect.name
+    if name not in _INSERT_NEW:
+        statement = upsert(conn, _R).on_conflict_do_nothing()
+        _INSERT_NEW[name] = statement.execution_options(preserve_rowcount=True)
+    return _INSERT_NEW[name]
 
 
 def serialise(resource_type: str, resource_id: str, version: int, now: int, resource: dict) -> bytes:
