@@ -34,6 +34,7 @@ ROLE_SYSTEM = "urn:terminhub:role"
 ROLES = frozenset({"admin", "practice", "referrer", "third-party", "scheduling-client", "hub"})
 ACTIVITIES = {"POST": "CREATE", "PUT": "UPDATE", "DELETE": "DELETE"}
 _PENDING = "terminhub.feed.pending"
+_OWNERS = "terminhub.feed.owners"  # the transaction's Owners, kept while the index rows it read stay
 _CLOCK = "terminhub.feed.clock"  # the clock of the changes (test-clock offsets included)
 
 
@@ -95,6 +96,7 @@ def follow_savepoints(engine: Engine) -> None:
 
     @event.listens_for(engine, "rollback_savepoint")
     def _rollback(conn: Connection, _name: str | None, _context: object) -> None:
+        conn.info.pop(_OWNERS, None)  # it may have read index rows of the rolled-back writes
         marks = conn.info.get(_MARKS)
         if marks:
             mark = marks.pop()
@@ -110,6 +112,7 @@ def follow_savepoints(engine: Engine) -> None:
 
 def forget(conn: Connection) -> None:
     conn.info.pop(_PENDING, None)
+    conn.info.pop(_OWNERS, None)
     conn.info.pop(_CLOCK, None)
     conn.info.pop(_MARKS, None)
 
@@ -124,12 +127,12 @@ def note(
     role: str,
     name: str,
     *,
-    had_previous: bool,
+    previous: bytes | None,
     clock: Clock,
     content: bytes | None = None,
 ) -> None:
     """Remember a change; the practices that held its previous version are read now, before the index
-    forgets that version."""
+    forgets that version (through the parents its content names, as `stamp` does for the new version)."""
     pending = conn.info.setdefault(_PENDING, [])
     conn.info[_CLOCK] = clock
     display = Settings.system_name if client_id == "hub" else name
@@ -140,11 +143,47 @@ def note(
         ACTIVITIES[method],
         Agent(client_id, role if role in ROLES else "admin", display or client_id),
     )
-    if had_previous:
-        noted.owners |= Owners(conn).of(resource_type, resource_id)
+    if previous is not None:
+        owners = _owners(conn)
+        if resource_type in PARENTS:
+            noted.owners |= owners.through(parents_of(resource_type, orjson.loads(previous)))
+        else:
+            noted.owners |= owners.of(resource_type, resource_id)
     if content is not None and resource_type in PARENTS:
         noted.parents = parents_of(resource_type, orjson.loads(content))
     pending.append(noted)
+
+
+def _owners(conn: Connection) -> Owners:
+    """One Owners per transaction: a Bundle updating 1,000 Slots of one Schedule reads its owners once."""
+    owners: Owners | None = conn.info.get(_OWNERS)
+    if owners is None or owners.conn is not conn:  # conn.info outlives the checkout: never another's
+        owners = conn.info[_OWNERS] = Owners(conn)
+    return owners
+
+
+# Whose owners a change of each type's index rows can change (2.2: scope runs Organization → Slot → …).
+_DEPENDENTS = {
+    "Schedule": frozenset({"Schedule", "Slot", "Appointment", "ServiceRequest"}),
+    "Slot": frozenset({"Slot", "Appointment", "ServiceRequest"}),
+    "Appointment": frozenset({"Appointment", "ServiceRequest"}),
+    "Practitioner": frozenset({"Practitioner"}),
+    "ServiceRequest": frozenset({"ServiceRequest"}),
+}
+_EVERYONE = frozenset({"Organization", "PractitionerRole", "Location"})
+
+
+def reindexed(conn: Connection, resource_type: str) -> None:
+    """A resource's index rows change: the transaction's cached owners that may rest on them go."""
+    owners: Owners | None = conn.info.get(_OWNERS)
+    if owners is None or not owners.cache:
+        return
+    if resource_type in _EVERYONE:
+        owners.cache.clear()
+        return
+    stale = _DEPENDENTS.get(resource_type)
+    if stale:
+        owners.cache = {key: value for key, value in owners.cache.items() if key[0] not in stale}
 
 
 # The references through which a version of these types enters a practice's scope (2.2).

@@ -293,13 +293,14 @@ class Repository:
                 a.client_id,
                 a.role,
                 a.name,
-                had_previous=previous is not None,
+                previous=previous,
                 clock=self.clock,
                 content=content,
             )
 
     def _reindex(self, resource_type: str, resource_id: str, resource: dict, *, fresh: bool = False) -> None:
         """Index rows of the new version; a `fresh` resource (no row before this save) has none to clear."""
+        feed.reindexed(self.conn, resource_type)
         if not fresh:
             self._clear_index(resource_type, resource_id)
         rows = index_rows(resource_type, resource_id, resource, self.tz)
@@ -316,6 +317,7 @@ class Repository:
             )
 
     def _clear_index(self, resource_type: str, resource_id: str) -> None:
+        feed.reindexed(self.conn, resource_type)
         s, p = schema.search_index, schema.positions
         self.conn.execute(delete(s).where(and_(s.c.type == resource_type, s.c.id == resource_id)))
         slot_offers.forget(self.conn, resource_type, resource_id)
