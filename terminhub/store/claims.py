@@ -86,7 +86,7 @@ def get(conn: Connection, slot_id: str, *, for_update: bool = False) -> Claim | 
     return Claim(**row._mapping) if row else None
 
 
-def _open(now: int, owner: str | None = None):  # noqa: ANN202 - a SQL expression
+def open_at(now: int, owner: str | None = None):  # noqa: ANN202 - a SQL expression
     """Neither booked nor held by someone else at `now`, and free as its practice set it."""
     hold_ok = or_(C.c.hold_owner.is_(None), C.c.held_until <= now)
     if owner is not None:
@@ -98,7 +98,7 @@ def take_hold(conn: Connection, slot_id: str, owner: str, now: int, until: int) 
     """Hold a Slot that is open at `now`; True when this caller won it."""
     done = conn.execute(
         update(C)
-        .where(C.c.slot_id == slot_id, _open(now), or_(C.c.hold_owner.is_(None), C.c.held_until <= now))
+        .where(C.c.slot_id == slot_id, open_at(now), or_(C.c.hold_owner.is_(None), C.c.held_until <= now))
         .values(hold_owner=owner, held_until=until, hold_renewed=False, appointment_id=None, claim_until=None)
     )
     return done.rowcount == 1
@@ -142,7 +142,7 @@ def book(
     """Give an open Slot (or one held by `owner`) to an Appointment; True for the one winner."""
     done = conn.execute(
         update(C)
-        .where(C.c.slot_id == slot_id, _open(now, owner))
+        .where(C.c.slot_id == slot_id, open_at(now, owner))
         .values(
             appointment_id=appointment_id,
             claim_until=claim_until,

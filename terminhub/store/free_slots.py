@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from sqlalchemy import Connection, and_, exists, or_, select, tuple_
 
-from terminhub.store import schema
+from terminhub.store import claims, schema
 
 OFFERS = schema.slot_offers
 C = schema.slot_claims
@@ -59,11 +59,7 @@ def _one_coding(conn: Connection, system: str, code: str, lo: int, hi: int, now:
 
 
 def _free_now(now: int):  # noqa: ANN202 - a SQL expression
-    open_claim = and_(
-        C.c.base_status == "free",
-        or_(C.c.appointment_id.is_(None), C.c.claim_until <= now),
-        or_(C.c.hold_owner.is_(None), C.c.held_until <= now),
-    )
+    open_claim = claims.open_at(now)
     stored_free = exists().where(
         S.c.type == "Slot", S.c.id == OFFERS.c.slot_id, S.c.param == "status", S.c.code == "free"
     )
