@@ -89,6 +89,7 @@ def fresh_database(kind: str) -> Iterator[str]:
 @contextmanager
 def server(url: str, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     """`terminhub serve --workers 2` on `port`, until it answers /fhir/metadata."""
+    (ROOT / "var" / "bench").mkdir(parents=True, exist_ok=True)
     log = open(ROOT / "var" / "bench" / "server.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [str(BIN / "terminhub"), "serve", "--workers", "2", "--port", str(port), "--database", url],

@@ -124,7 +124,7 @@ def create(
     resource.pop("id", None)
     prepare(ctx, resource_type, resource, deferred)
     resource_id = resource_id or str(uuid.uuid4())
-    resource = keep_invariant(ctx, resource_type, resource_id, resource, None)
+    resource = keep_invariant(ctx, resource_type, resource_id, resource, None, new=True)
     stored = ctx.repo.save(resource_type, resource, resource_id=resource_id, absent=True)  # a new uuid
     ctx.audit_entity = f"{resource_type}/{stored.id}"
     return stored_reply(ctx, stored, 201, location=True)
@@ -187,7 +187,9 @@ def update(
         )
         return stored_reply(ctx, stored, 200)
     prepare(ctx, resource_type, resource, deferred)
-    resource = keep_invariant(ctx, resource_type, resource_id, resource, current if exists else None)
+    resource = keep_invariant(
+        ctx, resource_type, resource_id, resource, current if exists else None, new=current is None
+    )
     stored = ctx.repo.save(
         resource_type, resource, resource_id=resource_id, if_match=expected, absent=current is None
     )
@@ -195,13 +197,14 @@ def update(
 
 
 def keep_invariant(
-    ctx: Context, resource_type: str, resource_id: str, resource: dict, current: Stored | None
+    ctx: Context, resource_type: str, resource_id: str, resource: dict, current: Stored | None, *, new: bool
 ) -> dict:
-    """Writes stored as sent still keep the booking invariant: Slot and Appointment go through the core."""
+    """Writes stored as sent still keep the booking invariant: Slot and Appointment go through the core.
+    `new`: the id has never had a row, not even a deleted one."""
     if resource_type == "Appointment":
         ctx.booking().admin_appointment(resource, current.resource() if current else None, resource_id)
     elif resource_type == "Slot":
-        resource = ctx.booking().admin_slot(resource_id, resource, current is not None)
+        resource = ctx.booking().admin_slot(resource_id, resource, new_slot=new)
     return resource
 
 

@@ -21,6 +21,7 @@ from terminhub.clock import instant
 from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.searchparams import RESOURCE_TYPES
 from terminhub.fhir.validation import valid_id, validate
+from terminhub.store import appends
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
@@ -115,6 +116,7 @@ def _batch(ctx: Context, entries: list[dict], route: Callable) -> Reply:
                 responses[index] = _run(ctx, entries[index], {}, route, deferred)
                 for resource in deferred:
                     rest.check_written(ctx, resource)
+                appends.flush(ctx.conn)  # a conflict of this entry's new rows is this entry's error
         except FhirError as exc:
             del ctx.repo.changes[written:]  # rolled back with its savepoint: nothing to record
             responses[index] = _error_entry(exc)

@@ -547,10 +547,11 @@ class BookingService:
         assert claim is not None
         return self._write_slot_status(slot.id, claim.status_at(now)) or slot
 
-    def admin_slot(self, slot_id: str, resource: dict, exists: bool) -> dict:
-        """An admin's Slot write: its status becomes the practice-set base, the invariant is kept."""
+    def admin_slot(self, slot_id: str, resource: dict, *, new_slot: bool) -> dict:
+        """An admin's Slot write: its status becomes the practice-set base, the invariant is kept.
+        `new_slot`: the Slot has never had a row (not even a deleted one)."""
         status = resource.get("status", "free")
-        if claims.create(self.conn, slot_id, _base_status(status)):
+        if claims.create(self.conn, slot_id, _base_status(status), new_slot=new_slot):
             return resource  # a new claim row, with this base status: nobody has booked or held the Slot
         claim = claims.get(self.conn, slot_id, for_update=True)
         now = self.now

@@ -1,21 +1,38 @@
-"""Append-only rows of a transaction (history versions, outbox rows), written together before the commit.
+"""Rows a transaction only adds, written together before the commit.
 
-A Bundle of 1,000 writes would otherwise send 2,000 single-row INSERTs, one round trip each. The rows wait
-on the connection (`conn.info`) and go out as one executemany per table when the transaction ends (`flush`,
-from `Database.transaction`), and earlier whenever a statement names one of their tables, so a reader in
-the same transaction (a Bundle's history GET, a sweep counting outbox rows) always sees them. A savepoint
-flushes what came before it: the rows still waiting are then exactly those its rollback must drop.
+A Bundle of 1,000 new Slots would otherwise send some 5,000 single-row INSERTs (resource, history, outbox,
+index, offers, claim), one round trip each. The rows wait on the connection (`conn.info`) and go out as
+one executemany per table when the transaction ends (`flush`, from `Database.transaction`), and earlier
+whenever a statement names one of their tables, so a reader in the same transaction (a Bundle's history
+GET, a search, a re-index deleting old rows) always sees them. A savepoint flushes what came before it:
+the rows still waiting are then exactly those its rollback must drop.
+
+A new resource row is inserted only if its id has no row yet; when another transaction created it
+meanwhile, the flush refuses the whole transaction as a version conflict, as a single INSERT would have.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, Table, event, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from terminhub.fhir.outcome import FhirError
 from terminhub.store import schema
 
-TABLES = (schema.resource_versions, schema.outbox)
+# In flush order: new resource rows first, so that a conflict is found before the rest is sent.
+TABLES = (
+    schema.resources,
+    schema.resource_versions,
+    schema.outbox,
+    schema.search_index,
+    schema.positions,
+    schema.slot_offers,
+    schema.slot_claims,
+)
 _NAMES = tuple(table.name for table in TABLES)
 _ROWS = "terminhub.appends.rows"
+_FORGET_HOOKS: list = []  # caches built on rows a rolled-back savepoint takes away
 
 
 def add(conn: Connection, table: Table, row: dict) -> None:
@@ -24,21 +41,48 @@ def add(conn: Connection, table: Table, row: dict) -> None:
 
 
 def flush(conn: Connection) -> None:
-    """Write the waiting rows, one executemany per table in the order they came."""
+    """Write the waiting rows, one executemany per table in `TABLES` order."""
     rows: list[tuple[Table, dict]] = conn.info.get(_ROWS) or []
     if not rows:
         return
     conn.info[_ROWS] = []
-    by_table: dict[Table, list[dict]] = {}
+    by_table: dict[Table, list[dict]] = {table: [] for table in TABLES}
     for table, row in rows:
-        by_table.setdefault(table, []).append(row)
+        by_table[table].append(row)
     for table, group in by_table.items():
+        if group:
+            _write(conn, table, group)
+
+
+def _write(conn: Connection, table: Table, group: list[dict]) -> None:
+    if table is schema.resources:
+        r = schema.resources
+        statement = _dialect_insert(conn, r).on_conflict_do_nothing().returning(r.c.type, r.c.id)
+        written = [(row.type, row.id) for row in conn.execute(statement, group)]
+        if len(written) < len(group):
+            missing = next(row for row in group if (row["type"], row["id"]) not in set(written))
+            raise FhirError("version-conflict", f"{missing['type']}/{missing['id']} was created meanwhile.")
+    elif table is schema.slot_claims:
+        # A claim row outlives its Slot's deletion; a Slot re-created after one keeps that row.
+        conn.execute(_dialect_insert(conn, table).on_conflict_do_nothing(), group)
+    else:
         conn.execute(insert(table), group)
+
+
+def _dialect_insert(conn: Connection, table: Table):  # noqa: ANN202 - a dialect's Insert
+    return pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
 
 
 def forget(conn: Connection) -> None:
     """Drop the waiting rows (the transaction or savepoint that made them was rolled back)."""
     conn.info.pop(_ROWS, None)
+    for hook in _FORGET_HOOKS:
+        hook(conn)
+
+
+def on_forget(hook) -> None:  # noqa: ANN001 - a callable taking the connection
+    """Also call `hook(conn)` whenever waiting rows are dropped: a cache of the same rows must go too."""
+    _FORGET_HOOKS.append(hook)
 
 
 def follow(engine: Engine) -> None:

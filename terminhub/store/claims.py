@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from terminhub.store import schema
+from terminhub.store import appends, schema
 
 C = schema.slot_claims
 
@@ -60,9 +60,15 @@ def ensure(conn: Connection, slot_id: str, base_status: str) -> None:
     create(conn, slot_id, base_status)
 
 
-def create(conn: Connection, slot_id: str, base_status: str) -> bool:
-    """Create the claim row of a Slot if it has none; True when this call created it (with `base_status`)."""
+def create(conn: Connection, slot_id: str, base_status: str, *, new_slot: bool = False) -> bool:
+    """Create the claim row of a Slot if it has none; True when this call created it (with `base_status`).
+
+    `new_slot`: the Slot has never had a row, so neither has its claim; the row joins the transaction's
+    other new rows (`appends`)."""
     values = {"slot_id": slot_id, "base_status": base_status, "hold_renewed": False}
+    if new_slot:
+        appends.add(conn, C, values)
+        return True
     return conn.execute(_create_statement(conn.dialect.name), values).rowcount == 1
 
 

@@ -12,11 +12,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
-from sqlalchemy.dialects.postgresql import Insert as PgInsert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
@@ -222,7 +218,7 @@ class Repository:
     ) -> None:
         r = schema.resources
         if current is None:
-            # ON CONFLICT DO NOTHING, not a savepoint around a failing INSERT: one round trip, not three.
+            # Inserted with the transaction's other new rows; an id created meanwhile is refused then.
             values = {
                 "type": resource_type,
                 "id": resource_id,
@@ -232,9 +228,7 @@ class Repository:
                 "content": content,
                 "created_by": self.actor.client_id,
             }
-            done = self.conn.execute(_insert_new(self.conn), values)
-            if done.rowcount != 1:
-                raise FhirError("version-conflict", f"{resource_type}/{resource_id} was created meanwhile.")
+            appends.add(self.conn, r, values)
             return
         created_by = current.created_by if not current.deleted else self.actor.client_id
         done = self.conn.execute(
@@ -304,17 +298,14 @@ class Repository:
         if not fresh:
             self._clear_index(resource_type, resource_id)
         rows = index_rows(resource_type, resource_id, resource, self.tz)
-        if rows:
-            self.conn.execute(insert(schema.search_index), rows)
+        for row in rows:
+            appends.add(self.conn, schema.search_index, row)
         start = next((row["lo"] for row in rows if row["param"] == "start"), None)
         slot_offers.refresh(self.conn, resource_type, resource_id, resource, start)
         pos = position(resource_type, resource)
         if pos:
-            self.conn.execute(
-                insert(schema.positions).values(
-                    type=resource_type, id=resource_id, latitude=pos[0], longitude=pos[1]
-                )
-            )
+            row = {"type": resource_type, "id": resource_id, "latitude": pos[0], "longitude": pos[1]}
+            appends.add(self.conn, schema.positions, row)
 
     def _clear_index(self, resource_type: str, resource_id: str) -> None:
         feed.reindexed(self.conn, resource_type)
@@ -325,27 +316,12 @@ class Repository:
             self.conn.execute(delete(p).where(and_(p.c.type == resource_type, p.c.id == resource_id)))
 
 
-def upsert(conn: Connection, table: Table) -> PgInsert | SqliteInsert:
-    """An INSERT of the connection's dialect, which can say what to do on a conflict."""
-    return pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
-
-
 # The statements of every write, built once: building one costs more than running it on SQLite.
 _R = schema.resources
 _GET = select(_R.c.version_id, _R.c.last_updated, _R.c.deleted, _R.c.content, _R.c.created_by).where(
     _R.c.type == bindparam("type"), _R.c.id == bindparam("id")
 )
 _GET_FOR_UPDATE = _GET.with_for_update()
-_INSERT_NEW: dict[str, PgInsert | SqliteInsert] = {}
-
-
-def _insert_new(conn: Connection) -> PgInsert | SqliteInsert:
-    """INSERT of a new resource row that inserts nothing if the id has a row (its rowcount kept: 0 or 1)."""
-    name = conn.dialect.name
-    if name not in _INSERT_NEW:
-        statement = upsert(conn, _R).on_conflict_do_nothing()
-        _INSERT_NEW[name] = statement.execution_options(preserve_rowcount=True)
-    return _INSERT_NEW[name]
 
 
 def serialise(resource_type: str, resource_id: str, version: int, now: int, resource: dict) -> bytes:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, not_, select, true
 
-from terminhub.store import schema
+from terminhub.store import appends, schema
 from terminhub.store.indexer import split_reference, walk
 
 OFFERS = schema.slot_offers
 S = schema.search_index
 OFFER_PARAMS = ("specialty", "service-type")
+_CODINGS = "terminhub.slot_offers.schedule_codings"
 
 
 def own_codings(resource: dict) -> list[tuple[str, str]]:
@@ -33,6 +34,7 @@ def forget(conn: Connection, resource_type: str, resource_id: str) -> None:
     if resource_type == "Slot":
         conn.execute(delete(OFFERS).where(OFFERS.c.slot_id == resource_id))
     elif resource_type == "Schedule":
+        _known_codings(conn).pop(resource_id, None)
         conn.execute(delete(OFFERS).where(OFFERS.c.schedule_id == resource_id, OFFERS.c.inherited.is_(True)))
 
 
@@ -43,31 +45,43 @@ def refresh(
     if resource_type == "Slot":
         _refresh_slot(conn, resource_id, resource, start)
     elif resource_type == "Schedule":
+        _known_codings(conn).pop(resource_id, None)
         _refresh_schedule(conn, resource_id)
 
 
 def _refresh_slot(conn: Connection, slot_id: str, resource: dict, start: int | None) -> None:
-    target = split_reference(((resource.get("schedule") or {}).get("reference")) or "")
-    schedule_id = target[1] if target and target[0] == "Schedule" else None
+    """The Slot's rows join the transaction's other new rows (`appends`)."""
     if start is None:
         return
+    target = split_reference(((resource.get("schedule") or {}).get("reference")) or "")
+    schedule_id = target[1] if target and target[0] == "Schedule" else None
     own = own_codings(resource)
-    if own:
-        rows = [
-            {"slot_id": slot_id, "system": system, "code": code, "start_us": start,
-             "schedule_id": schedule_id, "inherited": False}
-            for system, code in own
-        ]  # fmt: skip
-        conn.execute(insert(OFFERS), rows)
-    elif schedule_id is not None:
-        conn.execute(
-            insert(OFFERS).from_select(
-                ["slot_id", "system", "code", "start_us", "schedule_id", "inherited"],
-                select(literal(slot_id), _system(), S.c.code, literal(start), literal(schedule_id), true())
-                .distinct()
-                .where(*_schedule_codings(schedule_id)),
-            )
-        )
+    codings = own or (schedule_codings(conn, schedule_id) if schedule_id is not None else [])
+    for system, code in codings:
+        row = {"slot_id": slot_id, "system": system, "code": code, "start_us": start,
+               "schedule_id": schedule_id, "inherited": not own}  # fmt: skip
+        appends.add(conn, OFFERS, row)
+
+
+def schedule_codings(conn: Connection, schedule_id: str) -> list[tuple[str, str]]:
+    """A Schedule's offered codings as indexed, read once per transaction: a Bundle of its 1,000 Slots
+    asks 1,000 times. The answer is forgotten when the Schedule is re-indexed or a savepoint rolled back."""
+    known = _known_codings(conn)
+    if schedule_id not in known:
+        query = select(_system(), S.c.code).distinct().where(*_schedule_codings(schedule_id))
+        known[schedule_id] = sorted((row[0], row[1]) for row in conn.execute(query))
+    return known[schedule_id]
+
+
+def _known_codings(conn: Connection) -> dict[str, list[tuple[str, str]]]:
+    return conn.info.setdefault(_CODINGS, {})
+
+
+def _forget_codings(conn: Connection) -> None:
+    conn.info.pop(_CODINGS, None)
+
+
+appends.on_forget(_forget_codings)
 
 
 def _refresh_schedule(conn: Connection, schedule_id: str) -> None:

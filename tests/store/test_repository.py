@@ -308,3 +308,33 @@ def test_nothing_is_kept_when_the_transaction_rolls_back(db: Database, clock: Fi
     assert store.rows(schema.resource_versions, id=marker) == []
     assert store.rows(schema.search_index, id=marker) == []
     assert store.rows(schema.outbox, resource_id=marker) == []
+
+
+def test_an_id_created_meanwhile_by_another_transaction_is_a_conflict_at_commit(
+    db: Database, clock: FixedClock
+) -> None:
+    """New rows wait for the end of the transaction; the id taken meanwhile refuses the whole transaction."""
+    if db.sqlite:
+        pytest.skip("SQLite serialises writers: no other transaction can create the id meanwhile")
+    marker = f"meanwhile-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(FhirError) as refused, db.transaction(write=True) as conn:
+        first = Repository(conn, clock, BERLIN, ADMIN)
+        first.save("Patient", patient("Erste"), resource_id=marker, absent=True)
+        Store(db, clock)("save", "Patient", patient("Zweite"), resource_id=marker)
+    assert (refused.value.code, refused.value.status) == ("version-conflict", 412)
+    store = Store(db, clock)
+    assert orjson.loads(store("get", "Patient", marker).content)["name"] == [{"family": "Zweite"}]
+    assert len(store.rows(schema.resource_versions, id=marker)) == 1
+    assert len(store.rows(schema.search_index, id=marker, param="family")) == 1
+
+
+def test_reads_in_the_same_transaction_see_rows_not_yet_sent(db: Database, clock: FixedClock) -> None:
+    """Index rows wait for the commit, yet a search or read later in the transaction finds them."""
+    marker = f"unsent-{uuid.uuid4().hex[:8]}"
+    with db.transaction(write=True) as conn:
+        repo = Repository(conn, clock, BERLIN, ADMIN)
+        repo.save("Patient", patient(marker), resource_id=marker, absent=True)
+        s = schema.search_index
+        found = conn.execute(select(s.c.id).where(s.c.param == "family", s.c.code == marker)).all()
+        assert [row.id for row in found] == [marker]
+        assert repo.get("Patient", marker) is not None

@@ -53,20 +53,20 @@ class World:
             Repository(conn, self.clock, BERLIN, ADMIN).save(resource_type, resource, resource_id=resource_id)
 
     def slot(self, n: int, minutes: int, **extra: object) -> str:
-        slot_id = f"slot-{self.tag}-{n}"
-        start = START + timedelta(minutes=minutes)
-        self.save(
-            "Slot",
-            slot_id,
-            {
-                "schedule": {"reference": f"Schedule/{self.schedule}"},
-                "status": "free",
-                "start": start.isoformat(),
-                "end": (start + timedelta(minutes=15)).isoformat(),
-                **extra,
-            },
-        )
+        slot_id, body = self.slot_body(n, minutes, **extra)
+        self.save("Slot", slot_id, body)
         return slot_id
+
+    def slot_body(self, n: int, minutes: int, **extra: object) -> tuple[str, dict]:
+        """The id and body of a Slot of this Schedule, `minutes` after START."""
+        start = START + timedelta(minutes=minutes)
+        return f"slot-{self.tag}-{n}", {
+            "schedule": {"reference": f"Schedule/{self.schedule}"},
+            "status": "free",
+            "start": start.isoformat(),
+            "end": (start + timedelta(minutes=15)).isoformat(),
+            **extra,
+        }
 
     def offers(self, slot_id: str) -> set[tuple[str, str, bool]]:
         offers = schema.slot_offers
@@ -142,3 +142,32 @@ def test_held_and_booked_slots_are_not_free_until_the_claim_runs_out(db: Databas
         claims.set_base_status(conn, unavailable, "busy-unavailable")
     assert w.free(code) == [plain]
     assert w.free(code, now=later) == [held, pending, plain]
+
+
+def test_slots_written_with_their_schedules_change_in_one_transaction_offer_the_new_codings(
+    db: Database,
+) -> None:
+    """A Bundle of Slots reads its Schedule's codings once; a Schedule change in the same Bundle is seen."""
+    w = World(db, "before")
+    with db.transaction(write=True) as conn:
+        repo = Repository(conn, w.clock, BERLIN, ADMIN)
+        first, second = w.slot_body(1, 0), w.slot_body(2, 15)
+        repo.save("Slot", first[1], resource_id=first[0])
+        repo.save("Schedule", {"active": True, "specialty": [coding("after")]}, resource_id=w.schedule)
+        repo.save("Slot", second[1], resource_id=second[0])
+    assert w.offers(first[0]) == w.offers(second[0]) == {(FG, "after", True)}
+
+
+def test_a_schedule_change_rolled_back_with_its_savepoint_is_not_offered(db: Database) -> None:
+    w = World(db, "kept")
+    with db.transaction(write=True) as conn:
+        repo = Repository(conn, w.clock, BERLIN, ADMIN)
+        first, second, third = w.slot_body(1, 0), w.slot_body(2, 15), w.slot_body(3, 30)
+        repo.save("Slot", first[1], resource_id=first[0])
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            repo.save("Schedule", {"active": True, "specialty": [coding("dropped")]}, resource_id=w.schedule)
+            repo.save("Slot", second[1], resource_id=second[0])
+            raise RuntimeError("the entry failed")
+        repo.save("Slot", third[1], resource_id=third[0])
+    assert w.offers(first[0]) == w.offers(third[0]) == {(FG, "kept", True)}
+    assert w.offers(second[0]) == set()
