@@ -22,6 +22,7 @@ import httpx
 
 from terminhub.demo import DemoSettings, count, generate
 from terminhub.demo.plan import PracticePlan, plan
+from terminhub.demo.slots import slot, slot_times, working_days
 
 BUNDLE_SIZE = 1000
 DAYS = 84  # 12 weeks
@@ -92,14 +93,18 @@ def _directory(demo: DemoSettings) -> Iterator[dict]:
 
 
 def _slots(demo: DemoSettings, step: int, stages: range) -> Iterator[dict]:
-    """Every step-th Slot of the demo whose position among those falls into one of `stages` (of STAGES)."""
-    chosen = 0
-    for i, resource in enumerate(r for r in generate(demo) if r["resourceType"] == "Slot"):
-        if i % step:
-            continue
-        if chosen % STAGES in stages:
-            yield resource
-        chosen += 1
+    """Every step-th Slot of the demo whose position among those falls into one of `stages` (of STAGES),
+    in the demo's order; only the Slots kept are built."""
+    days = working_days(demo)
+    i = chosen = 0
+    for practice in plan(demo):
+        for doctor in practice.doctors:
+            for day, window, minute in slot_times(doctor, days):
+                if i % step == 0:
+                    if chosen % STAGES in stages:
+                        yield slot(practice, doctor, day, window, minute)
+                    chosen += 1
+                i += 1
 
 
 def _bundle(resources: list[dict]) -> dict:
