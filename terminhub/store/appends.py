@@ -65,8 +65,22 @@ def _write(conn: Connection, table: Table, group: list[dict]) -> None:
     elif table is schema.slot_claims:
         # A claim row outlives its Slot's deletion; a Slot re-created after one keeps that row.
         conn.execute(_dialect_insert(conn, table).on_conflict_do_nothing(), group)
+    elif conn.dialect.name == "postgresql":
+        _copy(conn, table, group)
     else:
         conn.execute(insert(table), group)
+
+
+def _copy(conn: Connection, table: Table, group: list[dict]) -> None:
+    """PostgreSQL's COPY, in the transaction's own connection: a row costs a fraction of an INSERT's
+    execution. Columns the rows leave out get their column default, as an INSERT would give them."""
+    defaults = {c.name: c.default.arg for c in table.columns if c.default is not None and c.default.is_scalar}
+    names = {name for row in group for name in row} | defaults.keys()
+    columns = [c.name for c in table.columns if c.name in names]
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in group:
+            copy.write_row(tuple(row.get(name, defaults.get(name)) for name in columns))
 
 
 def _dialect_insert(conn: Connection, table: Table):  # noqa: ANN202 - a dialect's Insert
