@@ -4,8 +4,9 @@ The demo generator (terminhub.demo) plans practices in German cities with their 
 consultation hours; over 12 weeks, 5,000 practices have about 10.6 million whole Slots. A benchmark of
 `n` Slots keeps every k-th of them (k = that total / n, at least 1), so the Slots still cover every
 practice and all 12 weeks, only thinner (as when a practice offers part of its hours online). Everything is
-posted as transaction Bundles of 1,000 PUTs by an admin: first the directory, one Bundle at a time (later
-entries refer to earlier ones), then the Slots, two Bundles at a time (one per server worker).
+posted as transaction Bundles of about 1,000 PUTs by an admin, two Bundles at a time (one per server worker):
+first the directory, in Bundles of whole practices (a practice refers only to its own resources), then the
+Slots.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from terminhub.demo import DemoSettings, count, generate
+from terminhub.demo import DemoSettings, count
+from terminhub.demo.directory import directory, directory_count
 from terminhub.demo.plan import PracticePlan, plan
 from terminhub.demo.slots import slot, slot_times, working_days
 
@@ -81,15 +83,26 @@ def token(client: httpx.Client, client_id: str, secret: str) -> str:
 
 
 def demo_slot_count(demo: DemoSettings) -> int:
-    return count(demo) - sum(1 for r in _directory(demo))
+    return count(demo) - sum(directory_count(p) for p in plan(demo))
 
 
 def _directory(demo: DemoSettings) -> Iterator[dict]:
-    """The demo's directory: everything it generates before the first Slot."""
-    for resource in generate(demo):
-        if resource["resourceType"] == "Slot":
-            return
-        yield resource
+    """The demo's directory: everything it generates before the first Slot, practice by practice."""
+    for practice in plan(demo):
+        yield from directory(practice, demo)
+
+
+def _directory_batches(demo: DemoSettings) -> Iterator[list[dict]]:
+    """The directory in Bundles of whole practices (about BUNDLE_SIZE resources each): a practice's
+    resources refer only to each other, so these Bundles can be posted side by side."""
+    batch: list[dict] = []
+    for practice in plan(demo):
+        batch += directory(practice, demo)
+        if len(batch) >= BUNDLE_SIZE:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _slots(demo: DemoSettings, step: int, stages: range) -> Iterator[dict]:
@@ -156,8 +169,7 @@ def load(base_url: str, admin_token: str, practices: int, slots: int) -> Loaded:
     loaded = Loaded(demo, max(1, demo_slot_count(demo) // max(1, slots)), plan(demo))
     headers = {"Authorization": f"Bearer {admin_token}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
-        for batch in _batched(_directory(demo), BUNDLE_SIZE):
-            _post(client, batch)
+        for batch in _posted(client, _directory_batches(demo), in_flight=2):
             for r in batch:
                 if r["resourceType"] == "Schedule" and _not_for_scheduling_clients(r):
                     loaded.not_for_booking.add(f"Schedule/{r['id']}")

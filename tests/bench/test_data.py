@@ -23,6 +23,26 @@ def test_the_directory_comes_whole_before_any_slot() -> None:
     assert kinds["Organization"] == 4 and kinds["Schedule"] >= 4 and "Slot" not in kinds
 
 
+def test_directory_bundles_hold_whole_practices_so_they_can_be_posted_side_by_side() -> None:
+    demo = data.settings(practices=300)
+    batches = list(data._directory_batches(demo))
+    assert len(batches) > 1
+    assert [r["id"] for b in batches for r in b] == [r["id"] for r in data._directory(demo)]
+    for batch in batches:
+        own = {f"{r['resourceType']}/{r['id']}" for r in batch}
+        assert {ref for r in batch for ref in _references(r)} <= own
+    assert sum(r["resourceType"] == "Organization" for b in batches for r in b) == 300
+
+
+def _references(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["reference"]] if isinstance(node.get("reference"), str) else []
+        return found + [r for value in node.values() for r in _references(value)]
+    if isinstance(node, list):
+        return [r for item in node for r in _references(item)]
+    return []
+
+
 def test_every_kth_slot_is_kept_over_all_twelve_weeks_and_every_schedule() -> None:
     total = data.demo_slot_count(DEMO)
     every = chosen(1, range(data.STAGES))
