@@ -193,7 +193,7 @@ def _curve(name: str, kind: str, lv: curve.Levels, run) -> load.Result:  # noqa:
 def _reads(
     base: str,
     loaded: data.Loaded,
-    tokens: dict[str, str],
+    logins: dict[str, data.Login],
     searches: list[load.Request],
     kind: str,
     lv: curve.Levels,
@@ -201,11 +201,14 @@ def _reads(
     """Slot reads by id and third parties' slot searches (`$termine_suchen`), each as a curve."""
     reads = [f"/fhir/Slot/{i}" for i in loaded.slot_ids]
 
-    def runner(name: str, paths: list, token: str):  # noqa: ANN202
-        return lambda conns, secs: load.run_gets(name, base, paths, token=token, total=conns, seconds=secs)
+    def runner(name: str, paths: list, login: data.Login):  # noqa: ANN202
+        """Each level asks for its token as it starts: a run at the default scale outlasts a token."""
+        return lambda conns, secs: load.run_gets(
+            name, base, paths, token=login.bearer(), total=conns, seconds=secs
+        )
 
-    read = _curve("read", kind, lv, runner("read", reads, tokens["admin"]))
-    search = _curve("search", kind, lv, runner("search", searches, tokens["third"]))
+    read = _curve("read", kind, lv, runner("read", reads, logins["admin"]))
+    search = _curve("search", kind, lv, runner("search", searches, logins["third"]))
     return {
         "read_rps": round(read.rps, 1), "read_p99_ms": round(read.p99_ms, 2),
         "read_p50_ms": round(read.p50_ms, 2),
@@ -223,15 +226,17 @@ def analyze(url: str) -> None:
 
 
 def _load(
-    loaded: data.Loaded | None, base: str, token: str, practices: int, slots: int, url: str
+    loaded: data.Loaded | None, base: str, admin: data.Login, practices: int, slots: int, url: str, kind: str
 ) -> data.Loaded:
     """Load the directory and a tenth of `slots` Slots, or (given `loaded`) the rest; then analyze."""
     what = f"{practices:,} practices and a tenth of {slots:,} slots" if loaded is None else "the other slots"
     console.print(f"loading {what} …")
+    in_flight = data.IN_FLIGHT[kind]
     if loaded is None:
-        loaded = data.load(base, token, practices, slots)
+        loaded = data.load(base, admin, practices, slots, in_flight)
+        console.print(f"  directory of {practices:,} practices in {loaded.directory_seconds:,.0f} s")
     else:
-        data.load_more(loaded, base, token)
+        data.load_more(loaded, base, admin, in_flight=in_flight)
     console.print(f"  {loaded.slots:,} slots in all, {loaded.slots_per_s:,.0f} slots/s")
     analyze(url)
     return loaded
@@ -262,37 +267,33 @@ def run_one(kind: str, quick: bool, scale: int | None) -> dict:
         practice = _client("bench-practice", "practice", env, bsnrs=bsnrs)
         booker = _client("bench-booker", "scheduling-client", env)
         third = _client("bench-third-party", "third-party", env)
-        with server(url, port, env) as proc, httpx.Client(base_url=base) as http:
-            admin_token = data.token(http, admin["client_id"], admin["client_secret"])
+        with server(url, port, env) as proc:
+            clients = {"admin": admin, "third": third, "booker": booker, "practice": practice}
+            logins = {n: data.Login(base, c["client_id"], c["client_secret"]) for n, c in clients.items()}
             since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
-            loaded = _load(None, base, admin_token, practices, slots, url)
-            tokens = {
-                "admin": admin_token,
-                "third": (third_token := data.token(http, third["client_id"], third["client_secret"])),
-            }
-            codes = search.request_codes(base, third_token, loaded.specialties)
+            loaded = _load(None, base, logins["admin"], practices, slots, url, kind)
+            codes = search.request_codes(base, logins["third"].bearer(), loaded.specialties)
             searches = search.requests(codes, loaded.places)
             top_only = curve.Levels(lv.connections[-1:], lv.short_s, lv.long_s)
             smaller = {"slots": loaded.slots} | _reads(
-                base, loaded, tokens, searches, f"{kind}-{loaded.slots}", top_only
+                base, loaded, logins, searches, f"{kind}-{loaded.slots}", top_only
             )
-            loaded = _load(loaded, base, admin_token, practices, slots, url)
+            loaded = _load(loaded, base, logins["admin"], practices, slots, url, kind)
             result["slots"] = loaded.slots
             result["load_slots_per_s"] = round(loaded.slots_per_s, 1)
             floor = load.run("http floor", base, ["/fhir/metadata"], token=None, seconds=lv.long_s)
             _show(floor)
             result["http_floor_rps"] = round(floor.rps, 1)
             result["http_floor_p99_ms"] = round(floor.p99_ms, 2)
-            result |= _reads(base, loaded, tokens, searches, kind, lv)
+            result |= _reads(base, loaded, logins, searches, kind, lv)
             result["smaller_scale"] = smaller
             if smaller["search_p99_ms"]:
                 result["search_p99_growth"] = round(result["search_p99_ms"] / smaller["search_p99_ms"], 2)
-            book_token = data.token(http, booker["client_id"], booker["client_secret"])
-            booked = booking.run(base, url, book_token, loaded.all_slot_ids, lv, _show)
+            booked = booking.run(base, url, logins["booker"].bearer(), loaded.all_slot_ids, lv, _show)
             curve.plot("booking", kind, booked.points)
             result |= booking.figures(booked)
-            feed_token = data.token(http, practice["client_id"], practice["client_secret"])
-            feed_points = feed.run(base, feed_token, since, curve.levels(quick, feed.READERS[quick]), _show)
+            feed_levels = curve.levels(quick, feed.READERS[quick])
+            feed_points = feed.run(base, logins["practice"].bearer(), since, feed_levels, _show)
             curve.plot("feed", kind, feed_points, unit="changes/s")
             result |= feed.figures(feed_points)
             result["server_rss_mb"] = round(rss, 1) if (rss := peak_rss_mb(proc.pid)) else None

@@ -4,9 +4,8 @@ The demo generator (terminhub.demo) plans practices in German cities with their 
 consultation hours; over 12 weeks, 5,000 practices have about 10.6 million whole Slots. A benchmark of
 `n` Slots keeps every k-th of them (k = that total / n, at least 1), so the Slots still cover every
 practice and all 12 weeks, only thinner (as when a practice offers part of its hours online). Everything is
-posted as transaction Bundles of about 1,000 PUTs by an admin, two Bundles at a time (one per server worker):
-first the directory, in Bundles of whole practices (a practice refers only to its own resources), then the
-Slots.
+posted as transaction Bundles of about 1,000 PUTs by an admin, several Bundles at a time (IN_FLIGHT): first
+the directory, in Bundles of whole practices (a practice refers only to its own resources), then the Slots.
 """
 
 from __future__ import annotations
@@ -31,6 +30,10 @@ DAYS = 84  # 12 weeks
 SEED = 1
 STAGES = 10  # the first scale loads one Slot in STAGES of the chosen ones, the second the rest
 BOOKABLE_BY = "urn:terminhub:bookable-by"
+# Bundles under way at once. The two server workers share one listening socket and a kept connection stays
+# with the worker that accepted it, so two connections may well land on one worker; four keep both busy
+# more often. SQLite writes one transaction at a time: more than two only wait for its lock.
+IN_FLIGHT = {"sqlite": 2, "postgresql": 4}
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Loaded:
     seconds: float = 0.0
     stages_loaded: int = 0
     not_for_booking: set[str] = field(default_factory=set)  # Schedules a scheduling client may not book
+    directory_seconds: float = 0.0
 
     @property
     def slots_per_s(self) -> float:
@@ -72,14 +76,33 @@ def practice_plans(practices: int) -> list[PracticePlan]:
     return plan(settings(practices))
 
 
-def token(client: httpx.Client, client_id: str, secret: str) -> str:
-    """A bearer token by OAuth 2.0 client credentials."""
-    resp = client.post(
-        "/auth/token",
-        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
-    )
-    resp.raise_for_status()
-    return resp.json()["access_token"]
+class Login(httpx.Auth):
+    """A client's OAuth 2.0 login that outlives its tokens: `bearer()` gives a token with at least
+    RENEW_S left, fetching a new one when needed (a load of a million Slots takes longer than a token
+    lives). As an httpx Auth it signs each request with such a token."""
+
+    RENEW_S = 300
+
+    def __init__(self, base_url: str, client_id: str, secret: str) -> None:
+        self.base_url, self.client_id, self.secret = base_url, client_id, secret
+        self._token, self._until = "", 0.0
+
+    def bearer(self) -> str:
+        if time.monotonic() > self._until - self.RENEW_S:
+            with httpx.Client(base_url=self.base_url) as client:
+                resp = client.post("/auth/token", data=_credentials(self.client_id, self.secret))
+                resp.raise_for_status()
+            body = resp.json()
+            self._token, self._until = body["access_token"], time.monotonic() + body["expires_in"]
+        return self._token
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        request.headers["Authorization"] = f"Bearer {self.bearer()}"
+        yield request
+
+
+def _credentials(client_id: str, secret: str) -> dict[str, str]:
+    return {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
 
 
 def demo_slot_count(demo: DemoSettings) -> int:
@@ -163,28 +186,34 @@ def _posted(client: httpx.Client, batches: Iterator[list[dict]], in_flight: int)
             yield done
 
 
-def load(base_url: str, admin_token: str, practices: int, slots: int) -> Loaded:
+def _loader(base_url: str, admin: Login) -> httpx.Client:
+    return httpx.Client(base_url=base_url, auth=admin, timeout=600)
+
+
+def load(base_url: str, admin: Login, practices: int, slots: int, in_flight: int = 2) -> Loaded:
     """Load the directory of `practices` practices and the first of two scales: a tenth of `slots`."""
     demo = settings(practices)
     loaded = Loaded(demo, max(1, demo_slot_count(demo) // max(1, slots)), plan(demo))
-    headers = {"Authorization": f"Bearer {admin_token}"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
-        for batch in _posted(client, _directory_batches(demo), in_flight=2):
+    t0 = time.perf_counter()
+    with _loader(base_url, admin) as client:
+        for batch in _posted(client, _directory_batches(demo), in_flight):
             for r in batch:
                 if r["resourceType"] == "Schedule" and _not_for_scheduling_clients(r):
                     loaded.not_for_booking.add(f"Schedule/{r['id']}")
-    load_more(loaded, base_url, admin_token, range(0, 1))
+    loaded.directory_seconds = time.perf_counter() - t0
+    load_more(loaded, base_url, admin, range(0, 1), in_flight)
     return loaded
 
 
-def load_more(loaded: Loaded, base_url: str, admin_token: str, stages: range | None = None) -> None:
+def load_more(
+    loaded: Loaded, base_url: str, admin: Login, stages: range | None = None, in_flight: int = 2
+) -> None:
     """Load the Slots of `stages` (by default all not loaded yet), timing the Slot load alone."""
     stages = stages or range(loaded.stages_loaded, STAGES)
-    headers = {"Authorization": f"Bearer {admin_token}"}
     t0 = time.perf_counter()
-    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
+    with _loader(base_url, admin) as client:
         batches = _batched(_slots(loaded.settings, loaded.step, stages), BUNDLE_SIZE)
-        for batch in _posted(client, batches, in_flight=2):
+        for batch in _posted(client, batches, in_flight):
             loaded.slots += len(batch)
             loaded.all_slot_ids += [
                 r["id"] for r in batch if r["schedule"]["reference"] not in loaded.not_for_booking

@@ -87,3 +87,19 @@ def test_every_fachgebiet_is_referral_free_on_the_bench_server() -> None:
 
 def test_the_default_scale_is_a_million_slots() -> None:
     assert default_scale(quick=False) == 1_000_000 and default_scale(quick=True) == 5_000
+
+
+def test_a_login_renews_its_token_before_it_runs_out(monkeypatch) -> None:  # noqa: ANN001
+    issued = iter(["first", "second"])
+    login = data.Login("http://bench.invalid", "id", "secret")
+
+    class Answer:
+        def raise_for_status(self) -> None: ...
+
+        def json(self) -> dict:
+            return {"access_token": next(issued), "expires_in": data.Login.RENEW_S + 60}
+
+    monkeypatch.setattr(data.httpx.Client, "post", lambda *_a, **_k: Answer())
+    clock = iter([0.0, 0.0, 30.0, 61.0, 61.0])
+    monkeypatch.setattr(data.time, "monotonic", lambda: next(clock))
+    assert [login.bearer(), login.bearer(), login.bearer()] == ["first", "first", "second"]
