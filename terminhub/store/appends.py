@@ -14,11 +14,10 @@ meanwhile, the flush refuses the whole transaction as a version conflict, as a s
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, Table, event, insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from terminhub.fhir.outcome import FhirError
 from terminhub.store import schema
+from terminhub.store.dialect import insert_for
 
 # In flush order: new resource rows first, so that a conflict is found before the rest is sent.
 TABLES = (
@@ -57,14 +56,14 @@ def flush(conn: Connection) -> None:
 def _write(conn: Connection, table: Table, group: list[dict]) -> None:
     if table is schema.resources:
         r = schema.resources
-        statement = _dialect_insert(conn, r).on_conflict_do_nothing().returning(r.c.type, r.c.id)
-        written = [(row.type, row.id) for row in conn.execute(statement, group)]
+        statement = insert_for(conn, r).on_conflict_do_nothing().returning(r.c.type, r.c.id)
+        written = {(row.type, row.id) for row in conn.execute(statement, group)}
         if len(written) < len(group):
-            missing = next(row for row in group if (row["type"], row["id"]) not in set(written))
+            missing = next(row for row in group if (row["type"], row["id"]) not in written)
             raise FhirError("version-conflict", f"{missing['type']}/{missing['id']} was created meanwhile.")
     elif table is schema.slot_claims:
         # A claim row outlives its Slot's deletion; a Slot re-created after one keeps that row.
-        conn.execute(_dialect_insert(conn, table).on_conflict_do_nothing(), group)
+        conn.execute(insert_for(conn, table).on_conflict_do_nothing(), group)
     elif conn.dialect.name == "postgresql":
         _copy(conn, table, group)
     else:
@@ -81,10 +80,6 @@ def _copy(conn: Connection, table: Table, group: list[dict]) -> None:
     with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in group:
             copy.write_row(tuple(row.get(name, defaults.get(name)) for name in columns))
-
-
-def _dialect_insert(conn: Connection, table: Table):  # noqa: ANN202 - a dialect's Insert
-    return pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
 
 
 def forget(conn: Connection) -> None:

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from terminhub.store import appends, schema
+from terminhub.store.dialect import insert_for
 
 C = schema.slot_claims
 
@@ -69,17 +68,17 @@ def create(conn: Connection, slot_id: str, base_status: str, *, new_slot: bool =
     if new_slot:
         appends.add(conn, C, values)
         return True
-    return conn.execute(_create_statement(conn.dialect.name), values).rowcount == 1
+    return conn.execute(_create_statement(conn), values).rowcount == 1
 
 
 _CREATE: dict[str, PgInsert | SqliteInsert] = {}
 
 
-def _create_statement(dialect: str) -> PgInsert | SqliteInsert:
-    """The INSERT of `create`, built once per dialect (a Bundle creates thousands of claims)."""
+def _create_statement(conn: Connection) -> PgInsert | SqliteInsert:
+    """The INSERT of `create`, built once per dialect (building one costs more than running it)."""
+    dialect = conn.dialect.name
     if dialect not in _CREATE:
-        insert = pg_insert(C) if dialect == "postgresql" else sqlite_insert(C)
-        statement = insert.on_conflict_do_nothing(index_elements=["slot_id"])
+        statement = insert_for(conn, C).on_conflict_do_nothing(index_elements=["slot_id"])
         _CREATE[dialect] = statement.execution_options(preserve_rowcount=True)  # rowcount kept only if asked
     return _CREATE[dialect]
 

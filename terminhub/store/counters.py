@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from sqlalchemy import Connection, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from terminhub.store import schema
+from terminhub.store.dialect import insert_for
 
 T = schema.rate_counters
 
 
 def add(conn: Connection, client_id: str, kind: str, bucket: int, amount: int = 1) -> None:
     """Count `amount` in a bucket (an upsert: race-free across processes)."""
-    insert = pg_insert(T) if conn.dialect.name == "postgresql" else sqlite_insert(T)
-    statement = insert.values(client_id=client_id, kind=kind, bucket=bucket, count=amount)
+    statement = insert_for(conn, T).values(client_id=client_id, kind=kind, bucket=bucket, count=amount)
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["client_id", "kind", "bucket"], set_={"count": T.c.count + amount}

@@ -12,18 +12,13 @@ import math
 
 import orjson
 from sqlalchemy import Connection, delete, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from terminhub.store import schema
+from terminhub.store.dialect import insert_for
 
 M = schema.poll_marks
 P = schema.poll_searches
 HOUR_US = 3600 * 1_000_000
-
-
-def _insert(conn: Connection, table):  # noqa: ANN001, ANN202 - dialect-specific INSERT
-    return pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
 
 
 def claim_first_page(conn: Connection, client_id: str, now_us: int, interval_us: int) -> int | None:
@@ -32,7 +27,7 @@ def claim_first_page(conn: Connection, client_id: str, now_us: int, interval_us:
     A mark from the future (a test clock set back) does not count.
     """
     conn.execute(
-        _insert(conn, M)
+        insert_for(conn, M)
         .values(client_id=client_id, last_first_page=now_us - interval_us - 1)
         .on_conflict_do_nothing(index_elements=["client_id"])
     )
@@ -58,7 +53,7 @@ def search_key(resource_type: str | None, params: list[tuple[str, str]]) -> str:
 
 def remember(conn: Connection, client_id: str, key: str, now_us: int) -> None:
     conn.execute(
-        _insert(conn, P)
+        insert_for(conn, P)
         .values(client_id=client_id, search_hash=key, answered=now_us)
         .on_conflict_do_update(index_elements=["client_id", "search_hash"], set_={"answered": now_us})
     )
