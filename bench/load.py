@@ -1,4 +1,7 @@
-"""The load generator: asyncio httpx clients in separate processes, run for a fixed duration.
+"""The load generator: asyncio aiohttp clients in separate processes, run for a fixed duration.
+
+aiohttp rather than httpx: on a 2-core machine the generator shares the cores with the server, and
+httpx spent several times aiohttp's CPU per request, so the floors measured the client, not the server.
 
 Three kinds of connection: `random` GETs random paths back to back, `plan` sends its own list of
 requests in order (each booking wants its own Slot), `feed` follows a change feed's `next` links.
@@ -13,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 import orjson
 
 # (method, path, JSON body or None): picklable, so it crosses into the spawned processes
@@ -64,25 +67,35 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def outcome(resp: httpx.Response) -> str:
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a request came back with."""
+
+    status: int
+    content: bytes
+
+
+def outcome(resp: Response) -> str:
     """`200`, or the status with the `urn:terminhub:error` code, e.g. `409 slot-unavailable`."""
-    if resp.status_code < 300:
-        return str(resp.status_code)
+    if resp.status < 300:
+        return str(resp.status)
     try:
         issue = orjson.loads(resp.content)["issue"][0]
-        return f"{resp.status_code} {issue['details']['coding'][0]['code']}"
+        return f"{resp.status} {issue['details']['coding'][0]['code']}"
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-        return str(resp.status_code)
+        return str(resp.status)
 
 
-async def _timed(client: httpx.AsyncClient, part: _Part, method: str, path: str, body: bytes | None):
+async def _timed(
+    client: aiohttp.ClientSession, part: _Part, method: str, path: str, body: bytes | None
+) -> Response | None:
     """One request; its latency and outcome go into `part`. The response, or None on a transport error."""
     t0 = time.perf_counter()
     try:
-        resp = await client.request(method, path, content=body, headers=JSON if body else None)
-        await resp.aread()
+        async with client.request(method, path, data=body, headers=JSON if body else None) as raw:
+            resp = Response(raw.status, await raw.read())
         part.statuses[outcome(resp)] += 1
-    except httpx.HTTPError as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         resp = None
         part.statuses[type(exc).__name__] += 1
     part.latencies.append(time.perf_counter() - t0)
@@ -90,7 +103,7 @@ async def _timed(client: httpx.AsyncClient, part: _Part, method: str, path: str,
 
 
 async def _random(
-    client: httpx.AsyncClient, part: _Part, paths: list[str | Request], deadline: float, seed: int
+    client: aiohttp.ClientSession, part: _Part, paths: list[str | Request], deadline: float, seed: int
 ):
     """Random requests until the deadline: a path is a GET, a Request is sent as it is."""
     rng = random.Random(seed)
@@ -100,7 +113,7 @@ async def _random(
         await _timed(client, part, method, path, body)
 
 
-async def _plan(client: httpx.AsyncClient, part: _Part, plan: list[Request], deadline: float, _seed: int):
+async def _plan(client: aiohttp.ClientSession, part: _Part, plan: list[Request], deadline: float, _seed: int):
     """Send the planned requests in order until they run out or the deadline passes."""
     for method, path, body in plan:
         if time.perf_counter() >= deadline:
@@ -108,14 +121,14 @@ async def _plan(client: httpx.AsyncClient, part: _Part, plan: list[Request], dea
         await _timed(client, part, method, path, body)
 
 
-async def _feed(client: httpx.AsyncClient, part: _Part, first: str, deadline: float, _seed: int):
+async def _feed(client: aiohttp.ClientSession, part: _Part, first: str, deadline: float, _seed: int):
     """Read the feed from `first` through its `next` links, again from the start when it ends."""
     path = first
     while time.perf_counter() < deadline:
         resp = await _timed(client, part, "GET", path, None)
         if path == first:
             part.first.append(part.latencies[-1])
-        if resp is None or resp.status_code != 200:
+        if resp is None or resp.status != 200:
             path = first
             continue
         page = orjson.loads(resp.content)
@@ -129,10 +142,14 @@ KINDS = {"random": _random, "plan": _plan, "feed": _feed}
 async def _process_main(kind: str, base_url: str, token: str | None, work: list, seconds: float, seed: int):
     """One process: one connection per item of `work`, all until the same deadline."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    limits = httpx.Limits(max_connections=len(work), max_keepalive_connections=len(work))
     part = _Part()
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as client:
-        await client.get("/fhir/metadata")  # open the pool's first connection before the clock starts
+    connector = aiohttp.TCPConnector(limit=len(work))
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(
+        base_url, headers=headers, connector=connector, timeout=timeout
+    ) as client:
+        async with client.get("/fhir/metadata") as first:  # a first connection before the clock starts
+            await first.read()
         part.started = time.perf_counter()
         deadline = part.started + seconds
         connection = KINDS[kind]

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from importlib import resources
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -25,7 +26,7 @@ from terminhub.booking import events, expiry
 from terminhub.config import Settings
 from terminhub.referral import service as referral_service
 from terminhub.store import feed
-from terminhub.store.database import Database
+from terminhub.store.database import CONNECTIONS_PER_PROCESS, Database
 
 log = logging.getLogger("terminhub")
 FHIR_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
@@ -47,6 +48,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # As many request threads as pooled connections (see CONNECTIONS_PER_PROCESS).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = CONNECTIONS_PER_PROCESS
         task = asyncio.create_task(sweep.loop(db, settings))
         try:
             yield

@@ -24,7 +24,13 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+# Requests run on at most this many threads per process, each holding one pooled connection: a
+# connection is never opened per request (PostgreSQL forks a backend for each), and a thread never
+# waits for one. Several processes share one server and its max_connections (100).
+CONNECTIONS_PER_PROCESS = 12
+
+
+def make_engine(url: str, *, pool_size: int = CONNECTIONS_PER_PROCESS) -> Engine:
     """Create the engine; SQLite gets WAL, a busy timeout and explicit BEGIN (IMMEDIATE for writers)."""
     url = normalise_url(url)
     if is_sqlite(url):
@@ -36,10 +42,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    # Few connections per process: several processes share one server and its max_connections (100).
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True, pool_timeout=60
-    )
+    # The overflow serves the rare request that opens a second connection (a refusal's audit).
+    return create_engine(url, pool_size=pool_size, max_overflow=4, pool_pre_ping=True, pool_timeout=60)
 
 
 def _configure_sqlite(engine: Engine) -> None:

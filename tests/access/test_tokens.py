@@ -90,6 +90,20 @@ def test_expiry_follows_injected_clock(tokens: TokenService, clock: FakeClock) -
         tokens.verify(token)
 
 
+def test_signature_checked_once_per_token(tokens: TokenService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client sends its token with every request: its signature is checked the first time only."""
+    token = tokens.issue(CLIENT)["access_token"]
+    decoded = []
+    real_decode = tokens._decode
+    monkeypatch.setattr(tokens, "_decode", lambda t: decoded.append(t) or real_decode(t))
+    for _ in range(3):
+        assert tokens.verify(token) == CLIENT.client_id
+    assert decoded == [token]
+    header, payload, signature = token.split(".")
+    with pytest.raises(InvalidToken):  # a tampered copy is a different token, checked afresh
+        tokens.verify(f"{header}.{payload}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}")
+
+
 def test_clock_in_the_past_still_verifies(clock: FakeClock) -> None:
     """Exp is checked against the injected clock, not the wall clock, in both directions."""
     clock.now = datetime(2001, 1, 1, tzinfo=UTC)
