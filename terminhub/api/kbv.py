@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from itertools import islice
 
@@ -39,7 +39,9 @@ from terminhub.fhir.validation import valid_id, validate
 from terminhub.referral import code as codes
 from terminhub.referral.service import ANR_SYSTEM, BSNR_SYSTEM, Referral, ReferralService
 from terminhub.referral.urgency import priority_element, requested
+from terminhub.store import directory_cache
 from terminhub.store.free_slots import free_slot_ids
+from terminhub.store.generations import DIRECTORY_TYPES
 from terminhub.store.indexer import split_reference
 from terminhub.store.repository import Repository, Stored
 
@@ -367,7 +369,6 @@ class SlotFilter:
     plz: str | None
     near: Near | None
     termintyp: str | None
-    places: dict[str, Place] = field(default_factory=dict)
     directory: _CachingRepo | None = None
 
 
@@ -446,10 +447,12 @@ def _passes(repo: _CachingRepo, wanted: SlotFilter, slot: Stored) -> bool:
 
 
 def _place(repo: _CachingRepo, wanted: SlotFilter, found: Offer) -> Place:
-    key = found.schedule_id() or ""
-    if key not in wanted.places:
-        wanted.places[key] = _place_of(repo, found.schedule)
-    return wanted.places[key]
+    """The place of the Slot's Schedule, derived once while the directory stands."""
+    places = repo.directory.derived
+    key = ("place", found.schedule_id() or "")
+    if key not in places:
+        places[key] = _place_of(repo, found.schedule)
+    return places[key]
 
 
 def _place_of(repo: _CachingRepo, schedule: dict | None) -> Place:
@@ -518,24 +521,29 @@ def _context_of(repo: _CachingRepo, wanted: SlotFilter, found: Offer) -> list[di
 
 
 class _CachingRepo:
-    """Reads of one search, cached: many Slots share a Schedule and its directory, which is read for a
-    whole round of Slots at once (one query per resource type instead of several per Slot)."""
+    """Reads of one search: directory resources through the process's directory cache (many Slots share
+    a Schedule and its directory, and searches share the directory), which is read for a whole round of
+    Slots at once where it lacks them (one query per resource type instead of several per Slot)."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.conn = repo.conn
         self.tz = repo.tz
         self.clock = repo.clock
-        self._cache: dict[tuple[str, str], Stored | None] = {}
-        self._managed: dict[str, list[dict]] = {}
+        self.directory = directory_cache.for_transaction(repo.conn)
+        self._cache = self.directory.stored
+        self._other: dict[tuple[str, str], Stored | None] = {}
+        self._managed = self.directory.managed
 
     def get(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Stored | None:
         if resource_type == "Slot" or for_update:
             return self.repo.get(resource_type, resource_id, for_update=for_update)
+        cache = self._cache if resource_type in DIRECTORY_TYPES else self._other
         key = (resource_type, resource_id)
-        if key not in self._cache:
-            self._cache[key] = self.repo.get(resource_type, resource_id)
-        return self._cache[key]
+        if key not in cache:
+            found = self.repo.get(resource_type, resource_id)
+            cache[key] = directory_cache.parsed(found) if found is not None else None
+        return cache[key]
 
     def managed_locations(self, organization_id: str) -> list[dict]:
         """The Locations managed by an Organization (for `slot_location`'s last fallback)."""
@@ -565,7 +573,7 @@ class _CachingRepo:
         ids = {ref[1] for ref in refs if ref and ref[0] == resource_type}
         missing = [i for i in ids if (resource_type, i) not in self._cache]
         for stored in self.repo.get_many(resource_type, missing):
-            self._cache[(resource_type, stored.id)] = stored
+            self._cache[(resource_type, stored.id)] = directory_cache.parsed(stored)
         for i in missing:
             self._cache.setdefault((resource_type, i), None)
         cached = (self._cache[(resource_type, i)] for i in ids)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
-from terminhub.store import appends, feed
+from terminhub.store import appends, feed, generations
 
 
 def normalise_url(url: str) -> str:
@@ -79,15 +79,18 @@ class Database:
             conn.execution_options(write=write)
             feed.begin(conn)
             appends.forget(conn)
+            generations.forget(conn)
             try:
                 with conn.begin():
                     yield conn
                     appends.flush(conn)
+                    generations.advance(conn)
                     # The feed position is stamped last, just before the commit (DESIGN rule 7).
                     feed.stamp(conn)
             finally:
                 feed.forget(conn)
                 appends.forget(conn)
+                generations.forget(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

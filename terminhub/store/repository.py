@@ -16,7 +16,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
-from terminhub.store import appends, feed, schema, slot_offers
+from terminhub.store import appends, feed, generations, schema, slot_offers
 from terminhub.store.indexer import index_rows, position
 
 NO_OUTBOX = frozenset({"AuditEvent", "Provenance", "OperationDefinition", "SearchParameter"})
@@ -171,6 +171,7 @@ class Repository:
         version = current.version_id + 1 if current else 1
         now = max(now, current.last_updated + 1) if current else now
         content = serialise(resource_type, resource_id, version, now, resource)
+        generations.note_write(self.conn, resource_type)
         method = "POST" if current is None or current.deleted else "PUT"
         self._store(resource_type, resource_id, version, now, content, current)
         self._record(resource_type, resource_id, version, now, method, content)
@@ -196,6 +197,7 @@ class Repository:
             return None
         now = max(self.clock.now_us(), current.last_updated + 1)
         version = current.version_id + 1
+        generations.note_write(self.conn, resource_type)
         r = schema.resources
         self.conn.execute(
             update(r)

@@ -218,6 +218,15 @@ feed_owners = Table(
     Index("ix_feed_owners_recorded", "recorded"),
 )
 
+# Generation numbers of kinds of data that processes cache: a transaction that changed the kind counts one
+# up before it commits (terminhub/store/generations.py), and a cache made at another number is dropped.
+generations = Table(
+    "generations",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
 # The polling rule: when each client's last first page was answered, and which searches it may page on.
 poll_marks = Table(
     "poll_marks",

@@ -640,6 +640,26 @@ def test_near_needs_a_position(world: World, referrer: httpx.Client, third: http
     assert found_slots(search(third, code, ("near", "valueString", "52.52|13.405|100000|km"))) == []
 
 
+def test_a_practice_that_moves_is_found_at_its_new_place_at_once(
+    world: World, referrer: httpx.Client, third: httpx.Client
+) -> None:
+    """Searches keep the directory they read, but not a moment past its next change."""
+    lm = world.lm()
+    location = {"status": "active", "address": {"postalCode": "20095"}}
+    moving = world.put("Location", location)
+    schedule = world.put(
+        "Schedule",
+        {"active": True, "actor": [{"reference": f"Location/{moving}"}], "serviceType": [{"coding": [lm]}]},
+    )
+    slot = world.slot(schedule, 2)
+    code = issue(referrer, [lm])
+    assert found_slots(search(third, code, ("plz", "valueString", "20"))) == [slot]
+    moved = {"resourceType": "Location", "id": moving, **location, "address": {"postalCode": "80331"}}
+    assert world.admin.put(f"Location/{moving}", json=moved).status_code == 200
+    assert found_slots(search(third, code, ("plz", "valueString", "20"))) == []
+    assert found_slots(search(third, code, ("plz", "valueString", "80"))) == [slot]
+
+
 def test_code_errors(world: World, third: httpx.Client) -> None:
     for operation in (
         "termine_suchen",

@@ -1,0 +1,77 @@
+"""The directory as slot searches read it, kept per process while its generation number stands.
+
+A search looks at a few hundred Slots and, for each, the Schedule, its actors, their Organization and
+Location: read afresh, that was most of a search's cost, although the directory changes rarely. Each
+process keeps what its searches read, parsed, and drops it all when the directory's generation number
+(terminhub/store/generations.py) moves on. A transaction that itself changed the directory reads past the
+shared cache, so nothing uncommitted ever enters it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from sqlalchemy import Connection, Engine
+
+from terminhub.store import generations
+from terminhub.store.repository import Stored
+
+MAX_ENTRIES = 60_000  # parsed resources kept at most; then the cache starts again (memory stays bounded)
+
+
+@dataclass(frozen=True)
+class Parsed(Stored):
+    """A cached version with its parsed content: callers read it and must not change it."""
+
+    parsed: dict = field(default_factory=dict, compare=False)
+
+    def resource(self) -> dict:
+        return self.parsed
+
+
+def parsed(stored: Stored) -> Parsed:
+    return Parsed(
+        stored.type, stored.id, stored.version_id, stored.last_updated, stored.deleted, stored.content,
+        stored.created_by, stored.method, stored.resource(),
+    )  # fmt: skip
+
+
+@dataclass
+class DirectoryCache:
+    """Directory resources by (type, id) (None: no such resource), an Organization's managed Locations,
+    and whatever else a search derives from them (`derived`, e.g. a Schedule's place)."""
+
+    generation: int | None
+    stored: dict[tuple[str, str], Stored | None] = field(default_factory=dict)
+    managed: dict[str, list[dict]] = field(default_factory=dict)
+    derived: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def shared(self) -> bool:
+        return self.generation is not None
+
+    def full(self) -> bool:
+        return len(self.stored) + len(self.derived) >= MAX_ENTRIES
+
+
+_caches: WeakKeyDictionary[Engine, DirectoryCache] = WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def for_transaction(conn: Connection) -> DirectoryCache:
+    """The process's cache if it is current for this transaction, else one for this transaction alone."""
+    if generations.changes(conn, generations.DIRECTORY):
+        return DirectoryCache(None)
+    number = generations.current(conn, generations.DIRECTORY)
+    if number is None:
+        return DirectoryCache(None)
+    with _lock:
+        cache = _caches.get(conn.engine)
+        if cache is None or cache.generation < number or cache.full():
+            cache = _caches[conn.engine] = DirectoryCache(number)
+        elif cache.generation > number:  # this transaction saw an older directory than the cache holds
+            return DirectoryCache(None)
+        return cache
