@@ -10,7 +10,7 @@ in a link, an audit entity or a log line. Importing the module registers the ope
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from itertools import islice
@@ -40,7 +40,7 @@ from terminhub.referral import code as codes
 from terminhub.referral.service import ANR_SYSTEM, BSNR_SYSTEM, Referral, ReferralService
 from terminhub.referral.urgency import priority_element, requested
 from terminhub.store import directory_cache
-from terminhub.store.free_slots import free_slot_ids
+from terminhub.store.free_slots import Candidate, free_slots
 from terminhub.store.generations import DIRECTORY_TYPES
 from terminhub.store.indexer import split_reference
 from terminhub.store.repository import Repository, Stored
@@ -52,7 +52,7 @@ FORMULARE = ("muster6", "ptv11")
 TERMINTYPEN = ("praesenz", "video")
 REFERRER_ONLY = ("bsnr", "ueberweisenderArzt", "patient", "formular")
 PRIORITY_RANK = {"asap": 1, "urgent": 2, "routine": 5}
-BATCH = 200  # most Slots read per round while filtering a search in Python
+BATCH = 200  # candidates judged by place and appointment type at a time
 
 
 def _param(name: str, use: str, card: tuple[int, str], fhir_type: str, documentation: str) -> OperationParam:
@@ -405,25 +405,51 @@ def search_slots(ctx: Context, call: Call) -> Reply:
 def _matching_slots(
     ctx: Context, wanted: SlotFilter, lo: int, hi: int, skip: int, count: int
 ) -> list[Stored]:
-    """Free Slots with start in [lo, hi) that pass the filter, in (start, id) order: page `skip`…+count."""
+    """Free Slots with start in [lo, hi) that pass the filter, in (start, id) order: page `skip`…+count.
+
+    Candidates come from the offer rows by start; those whose place (their Schedule's, from the directory
+    cache) or appointment type cannot match are dropped before any Slot is read."""
     if lo >= hi:
         return []
     repo = wanted.directory = _CachingRepo(ctx.repo)
     found: list[Stored] = []
-    ids = free_slot_ids(ctx.conn, list(wanted.ref.leistungsmerkmale), lo, hi, ctx.clock.now_us())
+    candidates = free_slots(ctx.conn, list(wanted.ref.leistungsmerkmale), lo, hi, ctx.clock.now_us())
+    kept = (c for chunk in _batched(candidates, BATCH) for c in _may_match(repo, wanted, chunk))
     while len(found) < skip + count:
-        chunk = list(islice(ids, min(BATCH, max(20, skip + count - len(found)))))
+        # Slots are read a page's worth at a time: most candidates left pass, and few are read in vain.
+        chunk = list(islice(kept, max(20, skip + count - len(found))))
         if not chunk:
             break
-        loaded = {s.id: s for s in ctx.repo.get_many("Slot", chunk)}
+        loaded = {s.id: s for s in ctx.repo.get_many("Slot", [c.slot_id for c in chunk])}
         repo.prime_directory(loaded.values())
-        for slot_id in chunk:
-            slot = loaded.get(slot_id)
+        for candidate in chunk:
+            slot = loaded.get(candidate.slot_id)
             if slot is not None and _passes(repo, wanted, slot):
                 found.append(slot)
                 if len(found) >= skip + count:
                     break
     return ctx.present(found[skip : skip + count])
+
+
+def _batched(items: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def _may_match(repo: _CachingRepo, wanted: SlotFilter, chunk: list[Candidate]) -> list[Candidate]:
+    """The candidates `_passes` may keep, as far as appointment type and place tell."""
+    if wanted.termintyp is not None:
+        chunk = [c for c in chunk if c.video == (wanted.termintyp == "video")]
+    if wanted.plz is None and wanted.near is None:
+        return chunk
+    repo.prime_schedules({c.schedule_id for c in chunk if c.schedule_id and not c.video})
+    return [c for c in chunk if c.video or _place_matches(wanted, _schedule_place(repo, c.schedule_id))]
+
+
+def _place_matches(wanted: SlotFilter, place: Place) -> bool:
+    if wanted.plz is not None and not (place.postal_code or "").startswith(wanted.plz):
+        return False
+    return wanted.near is None or wanted.near.holds(place.position)
 
 
 def _passes(repo: _CachingRepo, wanted: SlotFilter, slot: Stored) -> bool:
@@ -440,18 +466,21 @@ def _passes(repo: _CachingRepo, wanted: SlotFilter, slot: Stored) -> bool:
         return False
     if found.appointment_type == "video" or (wanted.plz is None and wanted.near is None):
         return True
-    place = _place(repo, wanted, found)
-    if wanted.plz is not None and not (place.postal_code or "").startswith(wanted.plz):
-        return False
-    return wanted.near is None or wanted.near.holds(place.position)
+    return _place_matches(wanted, _place(repo, wanted, found))
 
 
-def _place(repo: _CachingRepo, wanted: SlotFilter, found: Offer) -> Place:
-    """The place of the Slot's Schedule, derived once while the directory stands."""
+def _place(repo: _CachingRepo, _wanted: SlotFilter, found: Offer) -> Place:
+    return _schedule_place(repo, found.schedule_id())
+
+
+def _schedule_place(repo: _CachingRepo, schedule_id: str | None) -> Place:
+    """The place of a Schedule's Slots, derived once while the directory stands."""
     places = repo.directory.derived
-    key = ("place", found.schedule_id() or "")
+    key = ("place", schedule_id or "")
     if key not in places:
-        places[key] = _place_of(repo, found.schedule)
+        stored = repo.get("Schedule", schedule_id) if schedule_id else None
+        schedule = stored.resource() if stored is not None and not stored.deleted else None
+        places[key] = _place_of(repo, schedule)
     return places[key]
 
 
@@ -553,7 +582,14 @@ class _CachingRepo:
 
     def prime_directory(self, slots: Iterable[Stored]) -> None:
         """Read the Schedules of `slots`, their actors, Organizations and Locations, a type at a time."""
-        schedules = self._prime("Schedule", [_target(s.resource().get("schedule")) for s in slots])
+        refs = [_target(s.resource().get("schedule")) for s in slots]
+        self.prime_schedules({ref[1] for ref in refs if ref and ref[0] == "Schedule"})
+
+    def prime_schedules(self, schedule_ids: set[str]) -> None:
+        """Read these Schedules, their actors, Organizations and Locations, a type at a time."""
+        if all(("Schedule", i) in self._cache for i in schedule_ids):
+            return  # their directory was read with them
+        schedules = self._prime("Schedule", [("Schedule", i) for i in schedule_ids])
         actors = [_target(a) for sched in schedules for a in sched.get("actor") or []]
         roles = self._prime("PractitionerRole", actors)
         services = self._prime("HealthcareService", actors)

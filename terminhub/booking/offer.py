@@ -9,11 +9,11 @@ from sqlalchemy import select
 from terminhub.store import schema
 from terminhub.store.indexer import split_reference
 from terminhub.store.repository import Repository, Stored
+from terminhub.store.slot_offers import appointment_type
 
 BOOKABLE_BY = "urn:terminhub:bookable-by"
 BOOKABLE_URGENCY = "urn:terminhub:bookable-urgency"
 REQUIRES_CONFIRMATION = "urn:terminhub:requires-confirmation"
-TERMINTYP = "urn:terminhub:termintyp"
 
 Coding = tuple[str | None, str]
 
@@ -96,14 +96,6 @@ def offer(repo: Repository, slot: Stored) -> Offer:
         schedule_active=bool(schedule) and schedule.get("active", True) is not False,
         requires_confirmation=bool(confirm and confirm[0] is True),
     )
-
-
-def appointment_type(slot: dict) -> str:
-    """`praesenz` (also when absent) or `video`."""
-    for coding in (slot.get("appointmentType") or {}).get("coding") or []:
-        if coding.get("system") == TERMINTYP and coding.get("code"):
-            return coding["code"]
-    return "praesenz"
 
 
 def schedule_organization(repo: Repository, schedule: dict | None) -> str | None:

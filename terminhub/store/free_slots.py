@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from typing import NamedTuple
 
-from sqlalchemy import Connection, and_, exists, or_, select, tuple_
+from sqlalchemy import Connection, and_, bindparam, exists, or_, select, tuple_
 
 from terminhub.store import claims, schema
 
@@ -21,46 +22,73 @@ S = schema.search_index
 PAGE = 200
 
 
+class Candidate(NamedTuple):
+    """A free Slot as its offer rows tell it, before the Slot itself is read."""
+
+    start_us: int
+    slot_id: str
+    schedule_id: str | None
+    video: bool
+
+
+def free_slots(
+    conn: Connection, codings: list[tuple[str | None, str]], lo: int, hi: int, now: int
+) -> Iterator[Candidate]:
+    """Free Slots offering one of `codings` with lo <= start < hi, each once, by start then id."""
+    streams = [_one_coding(conn, system or "", code, lo, hi, now) for system, code in dict.fromkeys(codings)]
+    last = None
+    for found in heapq.merge(*streams):
+        if found[:2] != last:
+            yield found
+        last = found[:2]
+
+
 def free_slot_ids(
     conn: Connection, codings: list[tuple[str | None, str]], lo: int, hi: int, now: int
 ) -> Iterator[str]:
-    """Ids of free Slots offering one of `codings` with lo <= start < hi, each once, by start then id."""
-    streams = [_one_coding(conn, system or "", code, lo, hi, now) for system, code in dict.fromkeys(codings)]
-    last = None
-    for key in heapq.merge(*streams):
-        if key != last:
-            yield key[1]
-        last = key
+    """Ids of `free_slots`."""
+    return (found.slot_id for found in free_slots(conn, codings, lo, hi, now))
 
 
-def _one_coding(conn: Connection, system: str, code: str, lo: int, hi: int, now: int) -> Iterator[tuple]:
-    after: tuple[int, str] | None = None
+def _one_coding(conn: Connection, system: str, code: str, lo: int, hi: int, now: int) -> Iterator[Candidate]:
+    params = {"system": system, "code": code, "lo": lo, "hi": hi, "now": now}
+    query = _FIRST_PAGE
     while True:
-        query = (
-            select(OFFERS.c.start_us, OFFERS.c.slot_id)
-            .outerjoin(C, C.c.slot_id == OFFERS.c.slot_id)
-            .where(
-                OFFERS.c.system == system,
-                OFFERS.c.code == code,
-                OFFERS.c.start_us >= lo,
-                OFFERS.c.start_us < hi,
-                _free_now(now),
-            )
-            .order_by(OFFERS.c.start_us, OFFERS.c.slot_id)
-            .limit(PAGE)
-        )
-        if after is not None:
-            query = query.where(tuple_(OFFERS.c.start_us, OFFERS.c.slot_id) > tuple_(*after))
-        rows = [(row[0], row[1]) for row in conn.execute(query)]
+        rows = [Candidate(*row) for row in conn.execute(query, params)]
         yield from rows
         if len(rows) < PAGE:
             return
-        after = rows[-1]
+        query = _NEXT_PAGE
+        params["after_start"], params["after_id"] = rows[-1][:2]
 
 
-def _free_now(now: int):  # noqa: ANN202 - a SQL expression
+def _free_now(now):  # noqa: ANN001, ANN202 - a bind parameter; a SQL expression
     open_claim = claims.open_at(now)
     stored_free = exists().where(
         S.c.type == "Slot", S.c.id == OFFERS.c.slot_id, S.c.param == "status", S.c.code == "free"
     )
     return or_(and_(C.c.slot_id.is_not(None), open_claim), and_(C.c.slot_id.is_(None), stored_free))
+
+
+def _page(after: bool):  # noqa: ANN202 - a statement
+    """A page of one coding's candidates, built once (building it cost more than running it)."""
+    query = (
+        select(OFFERS.c.start_us, OFFERS.c.slot_id, OFFERS.c.schedule_id, OFFERS.c.video)
+        .outerjoin(C, C.c.slot_id == OFFERS.c.slot_id)
+        .where(
+            OFFERS.c.system == bindparam("system"),
+            OFFERS.c.code == bindparam("code"),
+            OFFERS.c.start_us >= bindparam("lo"),
+            OFFERS.c.start_us < bindparam("hi"),
+            _free_now(bindparam("now")),
+        )
+        .order_by(OFFERS.c.start_us, OFFERS.c.slot_id)
+        .limit(PAGE)
+    )
+    if after:
+        after_key = tuple_(bindparam("after_start"), bindparam("after_id"))
+        query = query.where(tuple_(OFFERS.c.start_us, OFFERS.c.slot_id) > after_key)
+    return query
+
+
+_FIRST_PAGE, _NEXT_PAGE = _page(after=False), _page(after=True)

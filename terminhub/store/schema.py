@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -153,6 +154,8 @@ slot_offers = Table(
     Column("start_us", BigInteger, nullable=False),
     Column("schedule_id", String(64), nullable=True),
     Column("inherited", Boolean, nullable=False),
+    # A video Slot takes place nowhere: a search by place keeps it without reading its Schedule's place.
+    Column("video", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_slot_offers_coding_start", "system", "code", "start_us", "slot_id"),
     Index("ix_slot_offers_schedule", "schedule_id"),
 )

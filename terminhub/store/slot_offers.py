@@ -16,6 +16,7 @@ from terminhub.store.indexer import split_reference, walk
 OFFERS = schema.slot_offers
 S = schema.search_index
 OFFER_PARAMS = ("specialty", "service-type")
+TERMINTYP = "urn:terminhub:termintyp"
 _CODINGS = "terminhub.slot_offers.schedule_codings"
 
 
@@ -27,6 +28,14 @@ def own_codings(resource: dict) -> list[tuple[str, str]]:
             if isinstance(coding, dict) and isinstance(coding.get("code"), str):
                 found[(coding.get("system") or "", coding["code"])] = None
     return list(found)
+
+
+def appointment_type(slot: dict) -> str:
+    """`praesenz` (also when absent) or `video`."""
+    for coding in (slot.get("appointmentType") or {}).get("coding") or []:
+        if coding.get("system") == TERMINTYP and coding.get("code"):
+            return coding["code"]
+    return "praesenz"
 
 
 def forget(conn: Connection, resource_type: str, resource_id: str) -> None:
@@ -57,9 +66,10 @@ def _refresh_slot(conn: Connection, slot_id: str, resource: dict, start: int | N
     schedule_id = target[1] if target and target[0] == "Schedule" else None
     own = own_codings(resource)
     codings = own or (schedule_codings(conn, schedule_id) if schedule_id is not None else [])
+    video = appointment_type(resource) == "video"
     for system, code in codings:
         row = {"slot_id": slot_id, "system": system, "code": code, "start_us": start,
-               "schedule_id": schedule_id, "inherited": not own}  # fmt: skip
+               "schedule_id": schedule_id, "inherited": not own, "video": video}  # fmt: skip
         appends.add(conn, OFFERS, row)
 
 
@@ -91,7 +101,15 @@ def _refresh_schedule(conn: Connection, schedule_id: str) -> None:
     coding = S.alias("coding")
     has_own = exists().where(OFFERS.c.slot_id == slot.c.id, OFFERS.c.inherited.is_(False))
     query = (
-        select(slot.c.id, _system(coding), coding.c.code, start.c.lo, literal(schedule_id), true())
+        select(
+            slot.c.id,
+            _system(coding),
+            coding.c.code,
+            start.c.lo,
+            literal(schedule_id),
+            true(),
+            is_video(slot.c.id),
+        )
         .distinct()
         .select_from(slot)
         .join(start, and_(start.c.type == "Slot", start.c.id == slot.c.id, start.c.param == "start"))
@@ -106,9 +124,18 @@ def _refresh_schedule(conn: Connection, schedule_id: str) -> None:
     )
     conn.execute(
         insert(OFFERS).from_select(
-            ["slot_id", "system", "code", "start_us", "schedule_id", "inherited"], query
+            ["slot_id", "system", "code", "start_us", "schedule_id", "inherited", "video"], query
         )
     )
+
+
+def is_video(slot_id):  # noqa: ANN001, ANN201 - a column; a SQL expression
+    """Whether the Slot's indexed appointmentType says video (as `appointment_type` reads it)."""
+    video = S.alias("video")
+    return exists().where(
+        video.c.type == "Slot", video.c.id == slot_id, video.c.param == "appointment-type",
+        video.c.system == TERMINTYP, video.c.code == "video",
+    )  # fmt: skip
 
 
 def _system(table=S):  # noqa: ANN001, ANN202 - a search_index alias; a SQL expression

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from terminhub.clock import FixedClock, to_us
-from terminhub.store import claims, schema
+from terminhub.store import claims, schema, slot_offers
 from terminhub.store.database import Database
 from terminhub.store.free_slots import free_slot_ids
 from terminhub.store.repository import Actor, Repository
@@ -102,6 +102,30 @@ def test_a_schedule_change_changes_what_its_inheriting_slots_offer(db: Database)
     w.save("Schedule", w.schedule, {"active": True, "specialty": [coding("new"), coding("newer")]})
     assert w.offers(inheriting) == {(FG, "new", True), (FG, "newer", True)}
     assert w.offers(own) == {(FG, "own", False)}
+
+
+def test_offer_rows_say_whether_the_slot_is_a_video_slot(db: Database) -> None:
+    """A search by place keeps video Slots without reading a place: the rows carry the appointment type,
+    own and inherited rows alike, and keep it when the Schedule changes what it offers."""
+    w = World(db, f"v-{uuid.uuid4().hex[:6]}")
+    video_type = {"coding": [{"system": slot_offers.TERMINTYP, "code": "video"}]}
+    video, praesenz = w.slot(1, 0, appointmentType=video_type), w.slot(2, 15)
+    own_video = w.slot(3, 30, appointmentType=video_type, specialty=[coding("own")])
+
+    def flags() -> dict[str, set[bool]]:
+        offers = schema.slot_offers
+        with db.transaction() as conn:
+            rows = conn.execute(
+                select(offers.c.slot_id, offers.c.video).where(offers.c.slot_id.like(f"%{w.tag}%"))
+            )
+            found: dict[str, set[bool]] = {}
+            for slot_id, flag in rows:
+                found.setdefault(slot_id, set()).add(bool(flag))
+            return found
+
+    assert flags() == {video: {True}, praesenz: {False}, own_video: {True}}
+    w.save("Schedule", w.schedule, {"active": True, "specialty": [coding("new"), coding("newer")]})
+    assert flags() == {video: {True}, praesenz: {False}, own_video: {True}}
 
 
 def test_a_deleted_slot_offers_nothing(db: Database) -> None:
