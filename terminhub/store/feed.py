@@ -299,8 +299,25 @@ class Owners:
     def of(self, resource_type: str, resource_id: str) -> frozenset[str]:
         key = (resource_type, resource_id)
         if key not in self.cache:
-            self.cache[key] = self._compute(resource_type, resource_id)
+            shared = self._directory(resource_type)
+            if shared is None:
+                self.cache[key] = self._compute(resource_type, resource_id)
+            else:  # the directory's owners change only with the directory: every booking asks for them
+                derived = ("owners", resource_type, resource_id)
+                if derived not in shared:
+                    shared[derived] = self._compute(resource_type, resource_id)
+                self.cache[key] = shared[derived]
         return self.cache[key]
+
+    def _directory(self, resource_type: str) -> dict | None:
+        """Where the process keeps what it derived from the directory, for a directory type and while
+        this transaction has not changed the directory; else None."""
+        from terminhub.store import directory_cache, generations  # noqa: PLC0415 - it reads Stored
+
+        if resource_type not in generations.DIRECTORY_TYPES:
+            return None
+        cache = directory_cache.for_transaction(self.conn)
+        return cache.derived if cache.shared else None
 
     def _compute(self, resource_type: str, resource_id: str) -> frozenset[str]:
         if resource_type == "Practitioner":

@@ -17,6 +17,7 @@ NAMES = (DIRECTORY,)
 DIRECTORY_TYPES = frozenset({"Schedule", "PractitionerRole", "HealthcareService", "Location", "Organization"})
 G = schema.generations
 _NOTED = "terminhub.generations.noted"
+_READ = "terminhub.generations.read"  # the numbers this transaction has read, read once
 
 
 def note_write(conn: Connection, resource_type: str) -> None:
@@ -38,8 +39,13 @@ def advance(conn: Connection) -> None:
 
 def forget(conn: Connection) -> None:
     conn.info.pop(_NOTED, None)
+    conn.info.pop(_READ, None)
 
 
 def current(conn: Connection, name: str) -> int | None:
-    """The number as this transaction sees it; None where the database has none (no caching then)."""
-    return conn.execute(select(G.c.n).where(G.c.name == name)).scalar_one_or_none()
+    """The number as this transaction first saw it; None where the database has none (no caching then).
+    Read once per transaction: what a transaction read after it may only be newer."""
+    read = conn.info.setdefault(_READ, {})
+    if name not in read:
+        read[name] = conn.execute(select(G.c.n).where(G.c.name == name)).scalar_one_or_none()
+    return read[name]

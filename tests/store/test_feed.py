@@ -129,6 +129,31 @@ def test_owners_are_the_practices_of_the_new_and_the_previous_version(db: Databa
     assert owners_of(db, gone["id"]) == {second}
 
 
+def test_owners_follow_the_directory_as_soon_as_it_changes(db: Database) -> None:
+    """The owners of directory resources are kept per process, but only until the directory changes."""
+    clock = FixedClock(START)
+    first, second = bsnr(), bsnr()
+    schedule = practice(db, clock, first)
+    created = write(db, clock, lambda repo: repo.save("Slot", slot(schedule)))
+
+    def move_role(repo: Repository) -> None:
+        other = repo.save("Organization", {"identifier": [{"system": BSNR_SYSTEM, "value": second}]})
+        actor = repo.get("Schedule", schedule).resource()["actor"][0]["reference"].split("/")[1]
+        repo.save(
+            "PractitionerRole", {"organization": {"reference": f"Organization/{other.id}"}}, resource_id=actor
+        )
+
+    write(db, clock, move_role)
+    write(
+        db,
+        clock,
+        lambda repo: repo.save("Slot", slot(schedule) | {"comment": "moved"}, resource_id=created.id),
+    )
+    create, update = provenances_of(db, "Slot", created.id)
+    assert owners_of(db, create["id"]) == {first}
+    assert owners_of(db, update["id"]) == {second}
+
+
 def test_a_referral_request_belongs_to_the_practice_of_its_appointment(db: Database) -> None:
     """Written before its Appointment in the same transaction, it still reaches the practice."""
     clock = FixedClock(START)
