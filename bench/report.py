@@ -72,7 +72,8 @@ def table(results: list[dict]) -> Table:
     t.add_column("unit")
     t.add_column("target", justify="right")
     for r in results:
-        t.add_column(f"{r['database']} ({_fmt(r['slots'])} slots)", justify="right")
+        scale = f"{_fmt(r.get('practices'))} practices, {_fmt(r['slots'])} slots"
+        t.add_column(f"{r['database']} ({scale})", justify="right")
         t.add_column("of floor", justify="right")
     for key, label, unit, target, floor in ROWS:
         cells = [label, unit, target]
