@@ -13,7 +13,7 @@ meanwhile, the flush refuses the whole transaction as a version conflict, as a s
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, Table, event, insert
+from sqlalchemy import Connection, Engine, Executable, Table, event, insert
 
 from terminhub.fhir.outcome import FhirError
 from terminhub.store import schema
@@ -31,6 +31,7 @@ TABLES = (
 )
 _NAMES = tuple(table.name for table in TABLES)
 _ROWS = "terminhub.appends.rows"
+_LATER = "terminhub.appends.later"  # statements that read the waiting rows: they run right after them
 _FORGET_HOOKS: list = []  # caches built on rows a rolled-back savepoint takes away
 
 
@@ -39,18 +40,25 @@ def add(conn: Connection, table: Table, row: dict) -> None:
     conn.info.setdefault(_ROWS, []).append((table, row))
 
 
+def later(conn: Connection, statement: Executable, params: dict) -> None:
+    """Run `statement` (one that reads or writes these tables) at the next flush, after the rows: a
+    Schedule's Slots inherit its codings once, not in a flush of their own for each Schedule of a Bundle."""
+    conn.info.setdefault(_LATER, []).append((statement, params))
+
+
 def flush(conn: Connection) -> None:
-    """Write the waiting rows, one executemany per table in `TABLES` order."""
+    """Write the waiting rows, one executemany per table in `TABLES` order, then the waiting statements."""
     rows: list[tuple[Table, dict]] = conn.info.get(_ROWS) or []
-    if not rows:
-        return
     conn.info[_ROWS] = []
+    statements = conn.info.pop(_LATER, None) or []  # taken first: writing the rows must not run them
     by_table: dict[Table, list[dict]] = {table: [] for table in TABLES}
     for table, row in rows:
         by_table[table].append(row)
     for table, group in by_table.items():
         if group:
             _write(conn, table, group)
+    for statement, params in statements:
+        conn.execute(statement, params)
 
 
 def _write(conn: Connection, table: Table, group: list[dict]) -> None:
@@ -83,8 +91,9 @@ def _copy(conn: Connection, table: Table, group: list[dict]) -> None:
 
 
 def forget(conn: Connection) -> None:
-    """Drop the waiting rows (the transaction or savepoint that made them was rolled back)."""
+    """Drop the waiting rows and statements (the transaction or savepoint that made them was rolled back)."""
     conn.info.pop(_ROWS, None)
+    conn.info.pop(_LATER, None)
     for hook in _FORGET_HOOKS:
         hook(conn)
 
@@ -100,7 +109,7 @@ def follow(engine: Engine) -> None:
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn: Connection, _cursor, statement: str, _params, _context, _many: bool) -> None:  # noqa: ANN001
-        if conn.info.get(_ROWS) and any(name in statement for name in _NAMES):
+        if (conn.info.get(_ROWS) or conn.info.get(_LATER)) and any(name in statement for name in _NAMES):
             flush(conn)
 
     @event.listens_for(engine, "savepoint")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Connection, Engine, delete, event, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, event, insert, select, update
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.searchparams import BSNR_SYSTEM
@@ -352,16 +352,12 @@ class Owners:
         return frozenset(found)
 
     def _refs(self, source: str, source_id: str, param: str) -> list[tuple[str, str]]:
-        query = select(S.c.ref_type, S.c.ref_id).where(
-            S.c.type == source, S.c.id == source_id, S.c.param == param, S.c.ref_id.is_not(None)
-        )
-        return [(row.ref_type, row.ref_id) for row in self.conn.execute(query)]
+        rows = self.conn.execute(_REFS, {"type": source, "id": source_id, "param": param})
+        return [(row.ref_type, row.ref_id) for row in rows]
 
     def _referring(self, source: str, param: str, target_type: str, target_id: str) -> list[str]:
-        query = select(S.c.id).where(
-            S.c.ref_type == target_type, S.c.ref_id == target_id, S.c.param == param, S.c.type == source
-        )
-        return [row.id for row in self.conn.execute(query)]
+        params = {"ref_type": target_type, "ref_id": target_id, "param": param, "type": source}
+        return [row.id for row in self.conn.execute(_REFERRING, params)]
 
     def _union(self, resource_type: str, ids: list[str]) -> frozenset[str]:
         found: set[str] = set()
@@ -376,13 +372,22 @@ class Owners:
         ids = [ref_id for ref_type, ref_id in refs if ref_type == "Organization"]
         if not ids:
             return frozenset()
-        query = select(S.c.code).where(
-            S.c.type == "Organization",
-            S.c.param == "identifier",
-            S.c.system == BSNR_SYSTEM,
-            S.c.id.in_(ids),
-        )
-        return frozenset(row.code for row in self.conn.execute(query) if row.code)
+        return frozenset(row.code for row in self.conn.execute(_BSNRS, {"ids": ids}) if row.code)
+
+
+# The owners' statements, built once: a Bundle of a directory asks them for every Schedule.
+_REFS = select(S.c.ref_type, S.c.ref_id).where(
+    S.c.type == bindparam("type"), S.c.id == bindparam("id"), S.c.param == bindparam("param"),
+    S.c.ref_id.is_not(None),
+)  # fmt: skip
+_REFERRING = select(S.c.id).where(
+    S.c.ref_type == bindparam("ref_type"), S.c.ref_id == bindparam("ref_id"), S.c.param == bindparam("param"),
+    S.c.type == bindparam("type"),
+)  # fmt: skip
+_BSNRS = select(S.c.code).where(
+    S.c.type == "Organization", S.c.param == "identifier", S.c.system == BSNR_SYSTEM,
+    S.c.id.in_(bindparam("ids", expanding=True)),
+)  # fmt: skip
 
 
 # -- reading the feed ------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ carries the Slot's start, so "free Slots offering X from Monday on, by start" is
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, not_, select, true
+from functools import cache
+
+from sqlalchemy import Connection, String, and_, bindparam, delete, exists, func, insert, not_, select, true
 
 from terminhub.store import appends, schema
 from terminhub.store.indexer import split_reference, walk
@@ -95,20 +97,22 @@ appends.on_forget(_forget_codings)
 
 
 def _refresh_schedule(conn: Connection, schedule_id: str) -> None:
-    """Every Slot of the Schedule without codings of its own inherits the Schedule's, in one statement."""
+    """Every Slot of the Schedule without codings of its own inherits the Schedule's, in one statement,
+    run with the transaction's waiting rows (the Schedule's new index rows among them)."""
+    appends.later(conn, _inherit_statement(), {"schedule_id": schedule_id})
+
+
+@cache
+def _inherit_statement():  # noqa: ANN202 - a statement
+    """Built once (each Schedule of a directory load runs it; building it cost more than running it)."""
+    schedule_id = bindparam("schedule_id", type_=String)
     slot = S.alias("slot_ref")
     start = S.alias("slot_start")
     coding = S.alias("coding")
     has_own = exists().where(OFFERS.c.slot_id == slot.c.id, OFFERS.c.inherited.is_(False))
     query = (
         select(
-            slot.c.id,
-            _system(coding),
-            coding.c.code,
-            start.c.lo,
-            literal(schedule_id),
-            true(),
-            is_video(slot.c.id),
+            slot.c.id, _system(coding), coding.c.code, start.c.lo, schedule_id, true(), is_video(slot.c.id)
         )
         .distinct()
         .select_from(slot)
@@ -122,11 +126,8 @@ def _refresh_schedule(conn: Connection, schedule_id: str) -> None:
             not_(has_own),
         )
     )
-    conn.execute(
-        insert(OFFERS).from_select(
-            ["slot_id", "system", "code", "start_us", "schedule_id", "inherited", "video"], query
-        )
-    )
+    columns = ["slot_id", "system", "code", "start_us", "schedule_id", "inherited", "video"]
+    return insert(OFFERS).from_select(columns, query)
 
 
 def is_video(slot_id):  # noqa: ANN001, ANN201 - a column; a SQL expression
@@ -142,7 +143,7 @@ def _system(table=S):  # noqa: ANN001, ANN202 - a search_index alias; a SQL expr
     return func.coalesce(table.c.system, "")
 
 
-def _schedule_codings(schedule_id: str, table=S) -> list:  # noqa: ANN001
+def _schedule_codings(schedule_id, table=S) -> list:  # noqa: ANN001 - an id or a bind parameter
     return [
         table.c.type == "Schedule",
         table.c.id == schedule_id,

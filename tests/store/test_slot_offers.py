@@ -178,6 +178,9 @@ def test_slots_written_with_their_schedules_change_in_one_transaction_offer_the_
         first, second = w.slot_body(1, 0), w.slot_body(2, 15)
         repo.save("Slot", first[1], resource_id=first[0])
         repo.save("Schedule", {"active": True, "specialty": [coding("after")]}, resource_id=w.schedule)
+        # the inheritance waits for the transaction's other rows, but a read in it sees it already
+        lo, hi = to_us(START - timedelta(days=1)), to_us(START + timedelta(days=1))
+        assert list(free_slot_ids(conn, [(FG, "after")], lo, hi, NOW)) == [first[0]]
         repo.save("Slot", second[1], resource_id=second[0])
     assert w.offers(first[0]) == w.offers(second[0]) == {(FG, "after", True)}
 
