@@ -27,7 +27,7 @@ def levels(quick: bool, steps: tuple[int, ...] = (1, 4, 16, 64)) -> Levels:
     """`steps` connections; the quick run measures the first, the last and one between, over short windows."""
     if quick and len(steps) > 3:
         steps = (steps[0], steps[-2], steps[-1])
-    return Levels(steps, 1.5 if quick else 5.0, 2.5 if quick else 15.0)
+    return Levels(steps, 1.5 if quick else 4.0, 2.5 if quick else 12.0)
 
 
 def measure(lv: Levels, run: Callable[[int, float], Result], show: Callable[[Result], None]) -> list[Result]:
