@@ -571,7 +571,7 @@ class _CachingRepo:
         key = (resource_type, resource_id)
         if key not in cache:
             found = self.repo.get(resource_type, resource_id)
-            cache[key] = directory_cache.parsed(found) if found is not None else None
+            cache[key] = _kept(found) if found is not None else None
         return cache[key]
 
     def managed_locations(self, organization_id: str) -> list[dict]:
@@ -609,11 +609,17 @@ class _CachingRepo:
         ids = {ref[1] for ref in refs if ref and ref[0] == resource_type}
         missing = [i for i in ids if (resource_type, i) not in self._cache]
         for stored in self.repo.get_many(resource_type, missing):
-            self._cache[(resource_type, stored.id)] = directory_cache.parsed(stored)
+            self._cache[(resource_type, stored.id)] = _kept(stored)
         for i in missing:
             self._cache.setdefault((resource_type, i), None)
         cached = (self._cache[(resource_type, i)] for i in ids)
         return [stored.resource() for stored in cached if stored is not None]
+
+
+def _kept(stored: Stored) -> Stored:
+    """Schedules are kept parsed (every Slot's offer reads its Schedule); the rest as their bytes, which
+    take a third of the memory and are read only to derive a place or to be included."""
+    return directory_cache.parsed(stored) if stored.type == "Schedule" else stored
 
 
 def _target(reference: dict | None) -> tuple[str, str] | None:
