@@ -17,6 +17,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -229,6 +230,44 @@ def analyze(url: str) -> None:
     engine.dispose()
 
 
+ANALYZE_EVERY_S = 15.0
+
+
+def _autovacuum_off(url: str) -> bool:
+    if not url.startswith("postgresql"):
+        return False
+    engine = create_engine(normalise_url(url))
+    with engine.connect() as conn:
+        setting = conn.exec_driver_sql("SHOW autovacuum").scalar()
+    engine.dispose()
+    return setting != "on"
+
+
+@contextmanager
+def analyzing(url: str) -> Iterator[None]:
+    """While loading, ANALYZE every `ANALYZE_EVERY_S` seconds where PostgreSQL runs without autovacuum.
+
+    Autovacuum analyzes a table once a tenth of it is new; without it the planner has no statistics,
+    costs (type, id, param) and (type, param, lo, hi) alike and may read every Schedule's row of a
+    parameter to find one: a directory of 5,000 practices then loads in minutes instead of seconds."""
+    if not _autovacuum_off(url):
+        yield
+        return
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(ANALYZE_EVERY_S):
+            analyze(url)
+
+    worker = threading.Thread(target=run, name="analyze", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
+
+
 def _load(
     loaded: data.Loaded | None, base: str, admin: data.Login, practices: int, slots: int, url: str, kind: str
 ) -> data.Loaded:
@@ -236,11 +275,12 @@ def _load(
     what = f"{practices:,} practices and a tenth of {slots:,} slots" if loaded is None else "the other slots"
     console.print(f"loading {what} …")
     in_flight = data.IN_FLIGHT[kind]
-    if loaded is None:
-        loaded = data.load(base, admin, practices, slots, in_flight)
-        console.print(f"  directory of {practices:,} practices in {loaded.directory_seconds:,.0f} s")
-    else:
-        data.load_more(loaded, base, admin, in_flight=in_flight)
+    with analyzing(url):
+        if loaded is None:
+            loaded = data.load(base, admin, practices, slots, in_flight)
+            console.print(f"  directory of {practices:,} practices in {loaded.directory_seconds:,.0f} s")
+        else:
+            data.load_more(loaded, base, admin, in_flight=in_flight)
     console.print(f"  {loaded.slots:,} slots in all, {loaded.slots_per_s:,.0f} slots/s")
     analyze(url)
     return loaded

@@ -31,9 +31,10 @@ SEED = 1
 STAGES = 10  # the first scale loads one Slot in STAGES of the chosen ones, the second the rest
 BOOKABLE_BY = "urn:terminhub:bookable-by"
 # Bundles under way at once. The two server workers share one listening socket and a kept connection stays
-# with the worker that accepted it, so two connections may well land on one worker; four keep both busy
-# more often. SQLite writes one transaction at a time: more than two only wait for its lock.
-IN_FLIGHT = {"sqlite": 2, "postgresql": 4}
+# with the worker that accepted it, so two connections may well land on one worker; eight keep both busy
+# while others wait for the feed's lock at their commit (2,368 Slots/s against 2,069 with four, 1,000
+# practices). SQLite writes one transaction at a time: more than two only wait for its lock.
+IN_FLIGHT = {"sqlite": 2, "postgresql": 8}
 
 
 @dataclass

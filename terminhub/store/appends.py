@@ -28,6 +28,7 @@ TABLES = (
     schema.positions,
     schema.slot_offers,
     schema.slot_claims,
+    schema.feed_owners,
 )
 _NAMES = tuple(table.name for table in TABLES)
 _ROWS = "terminhub.appends.rows"

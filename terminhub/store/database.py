@@ -84,6 +84,7 @@ class Database:
                 with conn.begin():
                     yield conn
                     appends.flush(conn)
+                    feed.resolve(conn)  # before the locks below: other writers wait for them
                     generations.advance(conn)
                     # The feed position is stamped last, just before the commit (DESIGN rule 7).
                     feed.stamp(conn)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
 )
 
 metadata = MetaData()
@@ -49,6 +50,15 @@ resource_versions = Table(
     Index("ix_versions_updated", "last_updated"),
 )
 
+# The value indexes of search_index: (name, columns, the rows each holds). Queries on them name a value
+# of the first column that is not NULL (`code = …`, `lo >= …`) or say `IS NOT NULL` outright.
+SEARCH_INDEX_PARTS = (
+    ("ix_search_token", ("type", "param", "code", "system"), "code IS NOT NULL"),
+    ("ix_search_text", ("type", "param", "text"), "text IS NOT NULL"),
+    ("ix_search_date", ("type", "param", "lo", "hi"), "lo IS NOT NULL"),
+    ("ix_search_ref", ("ref_type", "ref_id", "param", "type"), "ref_id IS NOT NULL"),
+)
+
 search_index = Table(
     "search_index",
     metadata,
@@ -65,10 +75,13 @@ search_index = Table(
     # (type, id, param): a resource's rows of one parameter. With (type, id) alone, a generic plan of a
     # prepared statement could prefer (type, param, …) and read every row of that parameter.
     Index("ix_search_owner_param", "type", "id", "param"),
-    Index("ix_search_token", "type", "param", "code", "system"),
-    Index("ix_search_text", "type", "param", "text"),
-    Index("ix_search_date", "type", "param", "lo", "hi"),
-    Index("ix_search_ref", "ref_type", "ref_id", "param", "type"),
+    # Each value index holds only the rows that have such a value (`SEARCH_INDEX_PARTS`): a row is written
+    # to two indexes, not five, and a lookup by (type, id, param) cannot be planned on one of them, which
+    # PostgreSQL did without statistics, reading every row of the parameter.
+    *(
+        Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
+        for name, columns, where in SEARCH_INDEX_PARTS
+    ),
 )
 
 positions = Table(

@@ -367,7 +367,7 @@ def _token(value: str) -> ColumnElement:
     if not system:
         return and_(S.c.system.is_(None), S.c.code == code)
     if not code:
-        return S.c.system == system
+        return and_(S.c.system == system, S.c.code.is_not(None))  # rows of ix_search_token
     return and_(S.c.system == system, S.c.code == code)
 
 
@@ -388,6 +388,10 @@ def _date_compare(lo: ColumnElement, hi: ColumnElement, value: str, tz: ZoneInfo
         plo, phi = parse_range(raw, tz)
     except DateError as exc:
         raise FhirError("invalid", str(exc)) from exc
+    return and_(lo.is_not(None), _date_prefix(lo, hi, prefix, plo, phi))  # rows of ix_search_date
+
+
+def _date_prefix(lo: ColumnElement, hi: ColumnElement, prefix: str, plo: int, phi: int) -> ColumnElement:
     if prefix == "eq":
         return and_(lo >= plo, hi <= phi)
     if prefix == "ne":
