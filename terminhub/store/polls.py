@@ -24,7 +24,8 @@ HOUR_US = 3600 * 1_000_000
 def claim_first_page(conn: Connection, client_id: str, now_us: int, interval_us: int) -> int | None:
     """Take this client's next first page: None when granted, else the whole seconds to wait.
 
-    A mark from the future (a test clock set back) does not count.
+    A mark more than an interval ahead (a test clock set back) does not count; one just ahead is a
+    concurrent request's that read the clock a moment later and claimed first.
     """
     conn.execute(
         insert_for(conn, M)
@@ -35,7 +36,7 @@ def claim_first_page(conn: Connection, client_id: str, now_us: int, interval_us:
         update(M)
         .where(
             M.c.client_id == client_id,
-            or_(M.c.last_first_page <= now_us - interval_us, M.c.last_first_page > now_us),
+            or_(M.c.last_first_page <= now_us - interval_us, M.c.last_first_page > now_us + interval_us),
         )
         .values(last_first_page=now_us)
     )

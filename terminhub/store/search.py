@@ -90,7 +90,9 @@ class SearchEngine:
         query = query.order_by(*order).limit(request.count + 1)
         if request.page and not request.cursor:
             query = query.offset((request.page - 1) * request.count)
-        rows = list(self.conn.execute(query))
+        rows = self._feed_page(request)
+        if rows is None:
+            rows = list(self.conn.execute(query))
         more = len(rows) > request.count
         rows = rows[: request.count]
         if backwards:
@@ -117,6 +119,49 @@ class SearchEngine:
         result.has_next = result.next_cursor is not None
         result.includes = self.includes(request, result.matches)
         return result
+
+    def _feed_page(self, request: SearchRequest) -> list | None:
+        """A practice's change-feed page, read from its own feed positions; None where this does not apply.
+
+        Its Provenances are a small share of all (one practice's of a country's): found by walking every
+        Provenance in feed order, a page of 1,000 read some 100,000. Its `feed_owners` rows carry the
+        positions (one per change, each stamped once), so the page's window is found there first (the
+        next `count` + 1 positions from the start), and the page reads that window only. Where the window
+        holds fewer Provenances than positions (one gone meanwhile) the ordinary query answers."""
+        start = _feed_start(request, self.tz)
+        visible = self.scope("Provenance") if start is not None else None
+        F = schema.feed_owners
+        if visible is None or F not in visible.get_final_froms():
+            return None
+        positions = (
+            visible.with_only_columns(F.c.recorded)
+            .where(F.c.recorded >= start)
+            .distinct()
+            .order_by(F.c.recorded)
+            .limit(request.count + 1)
+        )
+        window = [row.recorded for row in self.conn.execute(positions)]
+        if not window:
+            return []
+        inside = visible.where(F.c.recorded >= start, F.c.recorded <= window[-1])
+        query = (
+            select(
+                R.c.id,
+                R.c.version_id,
+                R.c.last_updated,
+                R.c.content,
+                R.c.created_by,
+                R.c.last_updated,
+                R.c.id,
+            )
+            .where(R.c.type == "Provenance", R.c.deleted.is_(False), R.c.id.in_(inside))
+            .where(R.c.last_updated >= start, R.c.last_updated <= window[-1])
+            .where(*[self._criterion("Provenance", c) for c in request.criteria])
+            .order_by(R.c.last_updated, R.c.id)
+            .limit(request.count + 1)
+        )
+        rows = list(self.conn.execute(query))
+        return rows if len(rows) == len(window) else None
 
     def where(
         self, resource_type: str, criteria: list[Criterion], *, default_active: bool = True
@@ -445,6 +490,40 @@ def _near(value: str) -> ColumnElement:
         dist2 <= literal(distance * distance),
     )
     return R.c.id.in_(inside)
+
+
+def _feed_start(request: SearchRequest, tz: ZoneInfo) -> int | None:
+    """The first feed position a plain change-feed page can hold (its `recorded`/`_lastUpdated` lower bounds
+    and, past the cursor's own, its cursor's), or None for any other search: other criteria, another
+    order, offsets, paging back."""
+    if request.resource_type != "Provenance" or request.page:
+        return None
+    if request.sort not in ([], [("recorded", False)], [("_lastUpdated", False)]):
+        return None
+    cursor = request.cursor
+    keys = (cursor or {}).get("k")
+    if cursor and (cursor.get("d") != "next" or not isinstance(keys, list) or len(keys) != 2):
+        return None
+    if cursor and (not isinstance(keys[0], int) or isinstance(keys[0], bool) or abs(keys[0]) > MAX_US):
+        return None
+    start = keys[0] + 1 if cursor else -MAX_US
+    for criterion in request.criteria:
+        if criterion.name not in ("recorded", "_lastUpdated") or criterion.modifier:
+            return None
+        lowest = None
+        for value in criterion.values:
+            prefix, raw = split_prefix(value)
+            if prefix not in ("gt", "ge"):
+                return None
+            try:
+                plo, phi = parse_range(raw, tz)
+            except DateError:
+                return None
+            bound = phi if prefix == "gt" else plo  # gt: its range ends before the change's; ge: begins
+            lowest = bound if lowest is None else min(lowest, bound)
+        if lowest is not None:
+            start = max(start, lowest)
+    return start
 
 
 def _after(sort_cols: list[tuple[ColumnElement, bool]], keys: list, backwards: bool) -> ColumnElement:

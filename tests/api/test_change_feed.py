@@ -355,6 +355,28 @@ def test_next_links_page_through_the_feed_without_the_poll_limit(world: World) -
     assert seen == everything[: len(seen)]
 
 
+def test_pages_between_other_practices_changes_hold_each_of_the_practices_own_once(world: World) -> None:
+    """A practice's page is read from its own feed positions: others' changes in between neither fill
+    its pages nor end them early."""
+    mine, theirs = [], []
+    for _ in range(3):
+        mine.append(world.slot("own")["id"])
+        theirs += [world.slot("other")["id"], world.slot("other")["id"]]
+    practice = world.practice("own")
+    reply = feed(practice, {"_count": "2"})
+    pages = [provenances(reply)]
+    while link := next((x["url"] for x in reply.json().get("link", []) if x["relation"] == "next"), None):
+        reply = practice.get(link)
+        pages.append(provenances(reply))
+    seen = [t for page in pages for t in targets(page)]
+    assert all(len(page) == 2 for page in pages[:-1])
+    assert len(seen) == len(set(seen))
+    assert {f"Slot/{i}/_history/1" for i in mine} <= set(seen)
+    assert not {t for t in seen if t.split("/")[1] in theirs}
+    recorded = [p["recorded"] for page in pages for p in page]
+    assert recorded == sorted(recorded)
+
+
 def test_include_iterate_adds_the_patients_of_changed_appointments(world: World) -> None:
     slot = world.slot("own")
     patient = create(world.admin, {"resourceType": "Patient", "name": [{"family": "Feed"}]})
