@@ -166,8 +166,12 @@ def _batched(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
+# A loader keeps what it sent: the transaction-response need not carry every resource back.
+LOAD_HEADERS = {"Content-Type": "application/fhir+json", "Prefer": "return=minimal"}
+
+
 def _post(client: httpx.Client, resources: list[dict]) -> None:
-    resp = client.post("/fhir", json=_bundle(resources), headers={"Content-Type": "application/fhir+json"})
+    resp = client.post("/fhir", json=_bundle(resources), headers=LOAD_HEADERS)
     if resp.status_code >= 300:
         raise RuntimeError(f"transaction failed: {resp.status_code} {resp.text[:500]}")
 
