@@ -106,9 +106,7 @@ class Policy:
             in_mine = _refs_from("Appointment", "patient", mine)
             return created.union(in_mine)
         if resource_type == "AppointmentResponse":
-            return select(S.c.id).where(
-                S.c.type == "AppointmentResponse", S.c.param == "appointment", S.c.ref_id.in_(mine)
-            )
+            return _ids_referring("AppointmentResponse", "appointment", "Appointment", mine)
         return select(R.c.id).where(false())
 
     # -- operations ----------------------------------------------------------------------------------
@@ -177,9 +175,12 @@ def _refs_from(source: str, param: str, ids: Select) -> Select:
     return select(S.c.ref_id).where(S.c.type == source, S.c.param == param, S.c.id.in_(ids))
 
 
-def _ids_referring(source: str, param: str, targets: Select) -> Select:
-    """Ids of `source` resources whose `param` points into `targets`."""
-    return select(S.c.id).where(S.c.type == source, S.c.param == param, S.c.ref_id.in_(targets))
+def _ids_referring(source: str, param: str, target_type: str, targets: Select) -> Select:
+    """Ids of `source` resources whose `param` points into `targets` (of `target_type`). The type leads
+    ix_search_ref: without it each target's Slots were found by reading the whole index."""
+    return select(S.c.id).where(
+        S.c.ref_type == target_type, S.c.ref_id.in_(targets), S.c.param == param, S.c.type == source
+    )
 
 
 def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
@@ -195,13 +196,15 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     )
     if resource_type == "Organization":
         return organizations
-    locations = _ids_referring("Location", "organization", organizations)
-    roles = _ids_referring("PractitionerRole", "organization", organizations)
+    locations = _ids_referring("Location", "organization", "Organization", organizations)
+    roles = _ids_referring("PractitionerRole", "organization", "Organization", organizations)
     chain: dict[str, Select] = {
         "Location": locations,
         "PractitionerRole": roles,
         "Practitioner": _refs_from("PractitionerRole", "practitioner", roles),
-        "HealthcareService": _ids_referring("HealthcareService", "organization", organizations),
+        "HealthcareService": _ids_referring(
+            "HealthcareService", "organization", "Organization", organizations
+        ),
     }
     if resource_type in chain:
         return chain[resource_type]
@@ -213,10 +216,10 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     )
     if resource_type == "Schedule":
         return schedules
-    slots = _ids_referring("Slot", "schedule", schedules)
+    slots = _ids_referring("Slot", "schedule", "Schedule", schedules)
     if resource_type == "Slot":
         return slots
-    appointments = _ids_referring("Appointment", "slot", slots)
+    appointments = _ids_referring("Appointment", "slot", "Slot", slots)
     if resource_type == "Appointment":
         return appointments
     if resource_type == "Patient":
@@ -224,5 +227,5 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     if resource_type == "ServiceRequest":
         return _refs_from("Appointment", "based-on", appointments)
     if resource_type == "AppointmentResponse":
-        return _ids_referring("AppointmentResponse", "appointment", appointments)
+        return _ids_referring("AppointmentResponse", "appointment", "Appointment", appointments)
     return select(R.c.id).where(false())
