@@ -13,6 +13,7 @@ from sqlalchemy import Select, false, select
 from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.searchparams import BSNR_SYSTEM
 from terminhub.store import feed, schema
+from terminhub.store.search import referring
 
 S = schema.search_index
 R = schema.resources
@@ -106,7 +107,7 @@ class Policy:
             in_mine = _refs_from("Appointment", "patient", mine)
             return created.union(in_mine)
         if resource_type == "AppointmentResponse":
-            return _ids_referring("AppointmentResponse", "appointment", "Appointment", mine)
+            return referring("AppointmentResponse", "appointment", "Appointment", mine)
         return select(R.c.id).where(false())
 
     # -- operations ----------------------------------------------------------------------------------
@@ -175,14 +176,6 @@ def _refs_from(source: str, param: str, ids: Select) -> Select:
     return select(S.c.ref_id).where(S.c.type == source, S.c.param == param, S.c.id.in_(ids))
 
 
-def _ids_referring(source: str, param: str, target_type: str, targets: Select) -> Select:
-    """Ids of `source` resources whose `param` points into `targets` (of `target_type`). The type leads
-    ix_search_ref: without it each target's Slots were found by reading the whole index."""
-    return select(S.c.id).where(
-        S.c.ref_type == target_type, S.c.ref_id.in_(targets), S.c.param == param, S.c.type == source
-    )
-
-
 def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     """The practice scope chain of 2.2, as a query over the index (reused by every face); its change feed
     is what was recorded for it when each change was written (section 5)."""
@@ -196,15 +189,13 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     )
     if resource_type == "Organization":
         return organizations
-    locations = _ids_referring("Location", "organization", "Organization", organizations)
-    roles = _ids_referring("PractitionerRole", "organization", "Organization", organizations)
+    locations = referring("Location", "organization", "Organization", organizations)
+    roles = referring("PractitionerRole", "organization", "Organization", organizations)
     chain: dict[str, Select] = {
         "Location": locations,
         "PractitionerRole": roles,
         "Practitioner": _refs_from("PractitionerRole", "practitioner", roles),
-        "HealthcareService": _ids_referring(
-            "HealthcareService", "organization", "Organization", organizations
-        ),
+        "HealthcareService": referring("HealthcareService", "organization", "Organization", organizations),
     }
     if resource_type in chain:
         return chain[resource_type]
@@ -216,10 +207,10 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     )
     if resource_type == "Schedule":
         return schedules
-    slots = _ids_referring("Slot", "schedule", "Schedule", schedules)
+    slots = referring("Slot", "schedule", "Schedule", schedules)
     if resource_type == "Slot":
         return slots
-    appointments = _ids_referring("Appointment", "slot", "Slot", slots)
+    appointments = referring("Appointment", "slot", "Slot", slots)
     if resource_type == "Appointment":
         return appointments
     if resource_type == "Patient":
@@ -227,5 +218,5 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     if resource_type == "ServiceRequest":
         return _refs_from("Appointment", "based-on", appointments)
     if resource_type == "AppointmentResponse":
-        return _ids_referring("AppointmentResponse", "appointment", "Appointment", appointments)
+        return referring("AppointmentResponse", "appointment", "Appointment", appointments)
     return select(R.c.id).where(false())

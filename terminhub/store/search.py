@@ -80,17 +80,9 @@ class SearchEngine:
             result.total = self.conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one()
         if request.count == 0:
             return result
-        keys = [col for col, _ in sort_cols]
-        query = select(R.c.id, R.c.version_id, R.c.last_updated, R.c.content, R.c.created_by, *keys)
-        query = query.where(*where)
         backwards = bool(request.cursor and request.cursor.get("d") == "prev")
-        if request.cursor:
-            query = query.where(_after(sort_cols, request.cursor["k"], backwards))
-        order = [(col.desc() if desc != backwards else col.asc()) for col, desc in sort_cols]
-        query = query.order_by(*order).limit(request.count + 1)
-        if request.page and not request.cursor:
-            query = query.offset((request.page - 1) * request.count)
-        rows = self._feed_page(request)
+        query = self._page_query(request, where, sort_cols)  # checks the cursor, whichever query runs
+        rows = self._feed_page(request, sort_cols)
         if rows is None:
             rows = list(self.conn.execute(query))
         more = len(rows) > request.count
@@ -120,14 +112,30 @@ class SearchEngine:
         result.includes = self.includes(request, result.matches)
         return result
 
-    def _feed_page(self, request: SearchRequest) -> list | None:
+    def _page_query(
+        self, request: SearchRequest, where: list[ColumnElement], sort_cols: list[tuple[ColumnElement, bool]]
+    ) -> Select:
+        """A page of the matches of `where`: after the cursor, in the sort order, one row more than asked."""
+        keys = [col for col, _ in sort_cols]
+        query = select(R.c.id, R.c.version_id, R.c.last_updated, R.c.content, R.c.created_by, *keys)
+        query = query.where(*where)
+        backwards = bool(request.cursor and request.cursor.get("d") == "prev")
+        if request.cursor:
+            query = query.where(_after(sort_cols, request.cursor["k"], backwards))
+        order = [(col.desc() if desc != backwards else col.asc()) for col, desc in sort_cols]
+        query = query.order_by(*order).limit(request.count + 1)
+        if request.page and not request.cursor:
+            query = query.offset((request.page - 1) * request.count)
+        return query
+
+    def _feed_page(self, request: SearchRequest, sort_cols: list[tuple[ColumnElement, bool]]) -> list | None:
         """A practice's change-feed page, read from its own feed positions; None where this does not apply.
 
         Its Provenances are a small share of all (one practice's of a country's): found by walking every
         Provenance in feed order, a page of 1,000 read some 100,000. Its `feed_owners` rows carry the
         positions (one per change, each stamped once), so the page's window is found there first (the
-        next `count` + 1 positions from the start), and the page reads that window only. Where the window
-        holds fewer Provenances than positions (one gone meanwhile) the ordinary query answers."""
+        next `count` + 1 positions from the start), and the page is searched within that window. Where
+        the window holds fewer Provenances than positions (one gone meanwhile) the ordinary query answers."""
         start = _feed_start(request, self.tz)
         visible = self.scope("Provenance") if start is not None else None
         F = schema.feed_owners
@@ -144,30 +152,22 @@ class SearchEngine:
         if not window:
             return []
         inside = visible.where(F.c.recorded >= start, F.c.recorded <= window[-1])
-        query = (
-            select(
-                R.c.id,
-                R.c.version_id,
-                R.c.last_updated,
-                R.c.content,
-                R.c.created_by,
-                R.c.last_updated,
-                R.c.id,
-            )
-            .where(R.c.type == "Provenance", R.c.deleted.is_(False), R.c.id.in_(inside))
-            .where(R.c.last_updated >= start, R.c.last_updated <= window[-1])
-            .where(*[self._criterion("Provenance", c) for c in request.criteria])
-            .order_by(R.c.last_updated, R.c.id)
-            .limit(request.count + 1)
-        )
-        rows = list(self.conn.execute(query))
+        where = self.where("Provenance", request.criteria, within=inside)
+        where += [R.c.last_updated >= start, R.c.last_updated <= window[-1]]
+        rows = list(self.conn.execute(self._page_query(request, where, sort_cols)))
         return rows if len(rows) == len(window) else None
 
     def where(
-        self, resource_type: str, criteria: list[Criterion], *, default_active: bool = True
+        self,
+        resource_type: str,
+        criteria: list[Criterion],
+        *,
+        default_active: bool = True,
+        within: Select | None = None,
     ) -> list[ColumnElement]:
+        """The clauses of a search; `within`: the ids to search instead of the caller's whole scope."""
         clauses: list[ColumnElement] = [R.c.type == resource_type, R.c.deleted.is_(False)]
-        visible = self.scope(resource_type)
+        visible = within if within is not None else self.scope(resource_type)
         if visible is not None:
             clauses.append(R.c.id.in_(visible))
         for criterion in criteria:
@@ -303,7 +303,7 @@ class SearchEngine:
                 S.c.system == searchparams.BSNR_SYSTEM,
                 S.c.code.in_(list(c.values)),
             )
-            roles = _referring("PractitionerRole", "organization", "Organization", organizations)
+            roles = referring("PractitionerRole", "organization", "Organization", organizations)
         else:
             # An ANR is 7 digits, a LANR the ANR and a 2-digit specialty code: equal first 7 digits.
             anrs = sorted({v[:7] for v in c.values})
@@ -314,10 +314,10 @@ class SearchEngine:
                 S.c.system == searchparams.ANR_SYSTEM,
                 S.c.code.in_(numbers),
             )
-            roles = _referring("PractitionerRole", "practitioner", "Practitioner", practitioners)
-        schedules = _referring("Schedule", "actor", "PractitionerRole", roles)
-        slots = _referring("Slot", "schedule", "Schedule", schedules)
-        return R.c.id.in_(_referring("Appointment", "slot", "Slot", slots))
+            roles = referring("PractitionerRole", "practitioner", "Practitioner", practitioners)
+        schedules = referring("Schedule", "actor", "PractitionerRole", roles)
+        slots = referring("Slot", "schedule", "Schedule", schedules)
+        return R.c.id.in_(referring("Appointment", "slot", "Slot", slots))
 
     # -- includes ------------------------------------------------------------------------------------
     def includes(self, request: SearchRequest, matches: list[Stored]) -> list[Stored]:
@@ -398,8 +398,9 @@ class SearchEngine:
         return loaded
 
 
-def _referring(source: str, param: str, target_type: str, targets: Select) -> Select:
-    """Ids of `source` resources whose reference `param` points to one of `targets` (of `target_type`)."""
+def referring(source: str, param: str, target_type: str, targets: Select) -> Select:
+    """Ids of `source` resources whose reference `param` points to one of `targets` (of `target_type`).
+    The type leads ix_search_ref: without it, a lookup reads the whole index."""
     return select(S.c.id).where(
         S.c.type == source, S.c.param == param, S.c.ref_type == target_type, S.c.ref_id.in_(targets)
     )
@@ -500,13 +501,10 @@ def _feed_start(request: SearchRequest, tz: ZoneInfo) -> int | None:
         return None
     if request.sort not in ([], [("recorded", False)], [("_lastUpdated", False)]):
         return None
-    cursor = request.cursor
-    keys = (cursor or {}).get("k")
-    if cursor and (cursor.get("d") != "next" or not isinstance(keys, list) or len(keys) != 2):
+    cursor = request.cursor  # its keys were checked by `_after`: (position, id)
+    if cursor and cursor.get("d") != "next":
         return None
-    if cursor and (not isinstance(keys[0], int) or isinstance(keys[0], bool) or abs(keys[0]) > MAX_US):
-        return None
-    start = keys[0] + 1 if cursor else -MAX_US
+    start = cursor["k"][0] + 1 if cursor else -MAX_US
     for criterion in request.criteria:
         if criterion.name not in ("recorded", "_lastUpdated") or criterion.modifier:
             return None
