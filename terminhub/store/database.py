@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.pool import NullPool
 
 from terminhub.store import appends, feed, generations
@@ -43,7 +44,50 @@ def make_engine(url: str, *, pool_size: int = CONNECTIONS_PER_PROCESS) -> Engine
         _configure_sqlite(engine)
         return engine
     # The overflow serves the rare request that opens a second connection (a refusal's audit).
-    return create_engine(url, pool_size=pool_size, max_overflow=4, pool_pre_ping=True, pool_timeout=60)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=4, pool_timeout=60)
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection unused for this long is tested before it is handed out (the server may have
+# restarted or dropped it meanwhile); one in steady use is not: a test costs a round trip, as much as a
+# read by id itself.
+PING_AFTER_IDLE_S = 5.0
+_CHECKED_IN = "terminhub.checked_in"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling for idle connections only (SQLAlchemy's pool_pre_ping pings at
+    every checkout). A failed test discards the connection and the pool hands out another."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection, record) -> None:  # noqa: ANN001
+        if record is not None:
+            record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection, record, _proxy) -> None:  # noqa: ANN001
+        since = record.info.get(_CHECKED_IN)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return  # a new connection, or one in steady use
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise exc.DisconnectionError(f"a pooled connection failed its test: {error}") from error
+
+
+READ_ONLY = "terminhub.read_only"
+_WRITES = ("INSERT", "UPDATE", "DELETE", "COPY", "MERGE")
+
+
+def _refuse_writes_in_reads(engine: Engine) -> None:
+    """A read transaction runs without BEGIN and COMMIT (each statement on its own, which under READ
+    COMMITTED sees what a transaction's statement would): a write there would not be atomic, so none runs."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Connection, _cursor, statement: str, _params, _context, _many: bool) -> None:  # noqa: ANN001
+        if conn.info.get(READ_ONLY) and statement.lstrip()[:6].upper().startswith(_WRITES):
+            raise RuntimeError(f"a write in a read transaction: {statement[:60]}")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -72,11 +116,19 @@ class Database:
         feed.follow_savepoints(self.engine)
         appends.follow(self.engine)
         self.sqlite = is_sqlite(self.url)
+        if not self.sqlite:
+            _refuse_writes_in_reads(self.engine)
 
     @contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One unit of work. On PostgreSQL a read (`write=False`) runs in autocommit: BEGIN and COMMIT
+        would be two of its three round trips."""
         with self.engine.connect() as conn:
             conn.execution_options(write=write)
+            read_only = not write and not self.sqlite
+            if read_only:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.info[READ_ONLY] = read_only
             feed.begin(conn)
             appends.forget(conn)
             generations.forget(conn)
@@ -89,6 +141,7 @@ class Database:
                     # The feed position is stamped last, just before the commit (DESIGN rule 7).
                     feed.stamp(conn)
             finally:
+                conn.info.pop(READ_ONLY, None)
                 feed.forget(conn)
                 appends.forget(conn)
                 generations.forget(conn)
