@@ -104,8 +104,9 @@ class Policy:
             return mine
         if resource_type == "Patient":
             created = select(R.c.id).where(R.c.type == "Patient", R.c.created_by == self.caller.client_id)
-            in_mine = _refs_from("Appointment", "patient", mine)
-            return created.union(in_mine)
+            in_mine = _refs_from("Appointment", "patient", "Patient", mine)
+            # UNION ALL: a membership test stops at the first arm that finds the id
+            return created.union_all(in_mine)
         if resource_type == "AppointmentResponse":
             return referring("AppointmentResponse", "appointment", "Appointment", mine)
         return select(R.c.id).where(false())
@@ -171,9 +172,12 @@ def is_referral(resource: dict | None) -> bool:
     return any(isinstance(i, dict) and i.get("system") == REFERRAL_SYSTEM for i in identifiers)
 
 
-def _refs_from(source: str, param: str, ids: Select) -> Select:
-    """Ids referenced by `param` of the `source` resources in `ids`."""
-    return select(S.c.ref_id).where(S.c.type == source, S.c.param == param, S.c.id.in_(ids))
+def _refs_from(source: str, param: str, target_type: str, ids: Select) -> Select:
+    """Ids of `target_type` referenced by `param` of the `source` resources in `ids`. The target type lets
+    a test of one id find its referrers through ix_search_ref instead of reading all of `ids`."""
+    return select(S.c.ref_id).where(
+        S.c.type == source, S.c.param == param, S.c.ref_type == target_type, S.c.id.in_(ids)
+    )
 
 
 def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
@@ -194,7 +198,7 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     chain: dict[str, Select] = {
         "Location": locations,
         "PractitionerRole": roles,
-        "Practitioner": _refs_from("PractitionerRole", "practitioner", roles),
+        "Practitioner": _refs_from("PractitionerRole", "practitioner", "Practitioner", roles),
         "HealthcareService": referring("HealthcareService", "organization", "Organization", organizations),
     }
     if resource_type in chain:
@@ -214,9 +218,9 @@ def practice_scope(bsnrs: tuple[str, ...], resource_type: str) -> Select:
     if resource_type == "Appointment":
         return appointments
     if resource_type == "Patient":
-        return _refs_from("Appointment", "patient", appointments)
+        return _refs_from("Appointment", "patient", "Patient", appointments)
     if resource_type == "ServiceRequest":
-        return _refs_from("Appointment", "based-on", appointments)
+        return _refs_from("Appointment", "based-on", "ServiceRequest", appointments)
     if resource_type == "AppointmentResponse":
         return referring("AppointmentResponse", "appointment", "Appointment", appointments)
     return select(R.c.id).where(false())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, literal, select
 
 from terminhub.access.policy import Caller, Policy
 from terminhub.booking.expiry import present
@@ -13,7 +13,6 @@ from terminhub.booking.service import Booker, BookingService
 from terminhub.clock import Clock
 from terminhub.config import Settings
 from terminhub.fhir.outcome import FhirError
-from terminhub.store import schema
 from terminhub.store.repository import Actor, Repository, Stored
 from terminhub.store.search import SearchEngine
 
@@ -91,8 +90,10 @@ class Context:
         scope = self.policy.scope(resource_type)
         if scope is None:
             return True
-        R = schema.resources
-        query = select(R.c.id).where(R.c.type == resource_type, R.c.id == resource_id, R.c.id.in_(scope))
+        # The id is tested inside the scope's query (each arm of a union finds it by index), not the scope
+        # computed whole and then searched: a scheduling client's Patients grow with its bookings.
+        ids = scope.subquery()
+        query = select(literal(1)).select_from(ids).where(ids.c[0] == resource_id).limit(1)
         return self.conn.execute(query).first() is not None
 
     def load_visible(self, resource_type: str, resource_id: str) -> Stored:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, delete, event, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, delete, event, select, update
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.searchparams import BSNR_SYSTEM
@@ -234,9 +234,13 @@ def stamp(conn: Connection) -> int:
         return 0
     resolve(conn)
     counter = schema.feed_clock
-    last = conn.execute(select(counter.c.last).where(counter.c.id == 1).with_for_update()).scalar_one()
     now = (conn.info.get(_CLOCK) or Clock()).now_us()
-    first = max(now, last + 1)
+    # One statement takes the lock and the positions: first = max(now, last + 1), last moves n on. Every
+    # round trip between the lock and the commit keeps all other writers waiting.
+    after_last = counter.c.last + 1
+    first_position = case((after_last > now, after_last), else_=now)
+    moved = update(counter).where(counter.c.id == 1).values(last=first_position + (len(pending) - 1))
+    first = conn.execute(moved.returning(counter.c.last)).scalar_one() - (len(pending) - 1)
     for offset, noted in enumerate(pending):
         recorded = first + offset
         provenance_id = str(uuid.uuid4())
@@ -262,7 +266,6 @@ def stamp(conn: Connection) -> int:
         for bsnr in sorted(noted.owners):
             row = {"bsnr": bsnr, "recorded": recorded, "provenance_id": provenance_id}
             appends.add(conn, schema.feed_owners, row)
-    conn.execute(update(counter).where(counter.c.id == 1).values(last=first + len(pending) - 1))
     appends.flush(conn)
     conn.info[_PENDING] = []
     return len(pending)

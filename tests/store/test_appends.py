@@ -1,0 +1,99 @@
+"""Rows a transaction only adds: few or many, they are all written at the commit, with their columns'
+defaults; a resource another transaction created meanwhile refuses the whole transaction; a claim row
+already there is kept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from terminhub.fhir.outcome import FhirError
+from terminhub.store import appends, schema
+from terminhub.store.database import Database
+from tests.support.unit_db import BACKEND_PARAMS, migrated_database
+
+
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    with migrated_database(request.param, tmp_path_factory.mktemp("appends")) as database:
+        yield database
+
+
+def _resource(kind: str, resource_id: str) -> dict:
+    return {"type": kind, "id": resource_id, "version_id": 1, "last_updated": 1, "content": b"{}"}
+
+
+def _first_version(kind: str, resource_id: str) -> dict:
+    return {
+        "type": kind,
+        "id": resource_id,
+        "version_id": 1,
+        "last_updated": 1,
+        "method": "POST",
+        "content": b"{}",
+    }
+
+
+def _created(conn, kind: str, resource_id: str) -> None:  # noqa: ANN001 - a Connection
+    """A new resource's rows as the repository adds them: the resource and its first version."""
+    appends.add(conn, schema.resources, _resource(kind, resource_id))
+    appends.add(conn, schema.resource_versions, _first_version(kind, resource_id))
+
+
+def _owner(bsnr: str, recorded: int) -> dict:
+    return {"bsnr": bsnr, "recorded": recorded, "provenance_id": f"p-{bsnr}-{recorded}"}
+
+
+def _count(db: Database, table, *where) -> int:
+    with db.transaction() as conn:
+        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+@pytest.mark.parametrize(
+    "rows", [1, appends.COPY_FROM_ROWS - 1, appends.COPY_FROM_ROWS, 3 * appends.COPY_FROM_ROWS]
+)
+def test_few_or_many_rows_of_several_tables_are_all_written(db: Database, rows: int) -> None:
+    kind = f"Few{rows}"
+    bsnr = f"9{rows:08d}"
+    with db.transaction(write=True) as conn:
+        for n in range(rows):
+            appends.add(conn, schema.resources, _resource(kind, str(n)))
+            appends.add(conn, schema.feed_owners, _owner(bsnr, n))
+    r = schema.resources
+    assert _count(db, r, r.c.type == kind) == rows
+    assert _count(db, schema.feed_owners, schema.feed_owners.c.bsnr == bsnr) == rows
+    # "deleted" is left out of every row: its column default is written
+    assert _count(db, r, r.c.type == kind, r.c.deleted.is_(False)) == rows
+
+
+@pytest.mark.parametrize("rows", [1, 3 * appends.COPY_FROM_ROWS])
+def test_a_resource_created_meanwhile_refuses_the_whole_transaction(db: Database, rows: int) -> None:
+    kind = f"Meanwhile{rows}"
+    bsnr = f"8{rows:08d}"
+    with db.transaction(write=True) as conn:
+        _created(conn, kind, "taken")
+    with pytest.raises(FhirError) as refused, db.transaction(write=True) as conn:
+        for n in range(rows):
+            _created(conn, kind, f"new-{n}")
+            appends.add(conn, schema.feed_owners, _owner(bsnr, n))
+        _created(conn, kind, "taken")
+    assert (refused.value.code, refused.value.status) == ("version-conflict", 412)
+    assert f"{kind}/taken" in refused.value.text
+    r = schema.resources
+    assert _count(db, r, r.c.type == kind) == 1
+    assert _count(db, schema.resource_versions, schema.resource_versions.c.type == kind) == 1
+    assert _count(db, schema.feed_owners, schema.feed_owners.c.bsnr == bsnr) == 0
+
+
+def test_a_claim_row_already_there_is_kept(db: Database) -> None:
+    c = schema.slot_claims
+    with db.transaction(write=True) as conn:
+        appends.add(conn, c, {"slot_id": "claimed", "base_status": "free", "appointment_id": "a1"})
+    with db.transaction(write=True) as conn:
+        appends.add(conn, c, {"slot_id": "claimed", "base_status": "free"})
+        appends.add(conn, c, {"slot_id": "unclaimed", "base_status": "free"})
+    with db.transaction() as conn:
+        kept = dict(conn.execute(select(c.c.slot_id, c.c.appointment_id)).all())
+    assert kept == {"claimed": "a1", "unclaimed": None}
