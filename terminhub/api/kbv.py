@@ -442,8 +442,11 @@ def _may_match(repo: _CachingRepo, wanted: SlotFilter, chunk: list[Candidate]) -
         chunk = [c for c in chunk if c.video == (wanted.termintyp == "video")]
     if wanted.plz is None and wanted.near is None:
         return chunk
-    repo.prime_schedules({c.schedule_id for c in chunk if c.schedule_id and not c.video})
-    return [c for c in chunk if c.video or _place_matches(wanted, _schedule_place(repo, c.schedule_id))]
+    schedules = {c.schedule_id for c in chunk if not c.video}
+    repo.prime_schedules({s for s in schedules if s})
+    # judged once per Schedule: a chunk holds many Slots of each
+    there = {s for s in schedules if _place_matches(wanted, _schedule_place(repo, s))}
+    return [c for c in chunk if c.video or c.schedule_id in there]
 
 
 def _place_matches(wanted: SlotFilter, place: Place) -> bool:

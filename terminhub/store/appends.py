@@ -190,14 +190,19 @@ def on_forget(hook) -> None:  # noqa: ANN001 - a callable taking the connection
     _FORGET_HOOKS.append(hook)
 
 
+def flush_before(conn: Connection, statement: str) -> None:
+    """Flush if `statement` names a table whose rows are waiting: it must find them."""
+    if (conn.info.get(_ROWS) or conn.info.get(_LATER)) and any(name in statement for name in _NAMES):
+        flush(conn)
+
+
 def follow(engine: Engine) -> None:
     """Flush before any statement that names a buffered table and at each savepoint; a savepoint's
     rollback drops the rows made since it began."""
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn: Connection, _cursor, statement: str, _params, _context, _many: bool) -> None:  # noqa: ANN001
-        if (conn.info.get(_ROWS) or conn.info.get(_LATER)) and any(name in statement for name in _NAMES):
-            flush(conn)
+        flush_before(conn, statement)
 
     @event.listens_for(engine, "savepoint")
     def _savepoint(conn: Connection, _name: str | None) -> None:

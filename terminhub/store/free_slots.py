@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection, and_, bindparam, exists, or_, select, tuple_
 
-from terminhub.store import claims, schema
+from terminhub.store import claims, hot_reads, schema
 
 OFFERS = schema.slot_offers
 C = schema.slot_claims
@@ -54,7 +54,7 @@ def _one_coding(conn: Connection, system: str, code: str, lo: int, hi: int, now:
     params = {"system": system, "code": code, "lo": lo, "hi": hi, "now": now}
     query = _FIRST_PAGE
     while True:
-        rows = [Candidate(*row) for row in conn.execute(query, params)]
+        rows = list(map(Candidate._make, hot_reads.rows(conn, query, params)))
         yield from rows
         if len(rows) < PAGE:
             return

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, delete, select, update
+from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, delete, select, update
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
-from terminhub.store import appends, feed, generations, schema, slot_offers
+from terminhub.store import appends, feed, generations, hot_reads, schema, slot_offers
 from terminhub.store.indexer import index_rows, position
 
 NO_OUTBOX = frozenset({"AuditEvent", "Provenance", "OperationDefinition", "SearchParameter"})
@@ -110,12 +110,14 @@ class Repository:
     def get_many(self, resource_type: str, ids: list[str]) -> list[Stored]:
         if not ids:
             return []
-        rows = self.conn.execute(_GET_MANY, {"type": resource_type, "ids": ids})
+        params = {"type": resource_type, "ids": ids}
+        if self.conn.dialect.name == "postgresql":
+            rows = hot_reads.rows(self.conn, _GET_MANY_ARRAY, params)
+        else:
+            rows = self.conn.execute(_GET_MANY, params).all()
         return [
-            Stored(
-                resource_type, row.id, row.version_id, row.last_updated, False, row.content, row.created_by
-            )
-            for row in rows
+            Stored(resource_type, found, version, updated, False, content, creator)
+            for found, version, updated, content, creator in rows
         ]
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored | None:
@@ -323,6 +325,12 @@ _GET_FOR_UPDATE = _GET.with_for_update()
 # than running it.
 _GET_MANY = select(_R.c.id, _R.c.version_id, _R.c.last_updated, _R.c.content, _R.c.created_by).where(
     _R.c.type == bindparam("type"), _R.c.id.in_(bindparam("ids", expanding=True)), _R.c.deleted.is_(False)
+)
+# PostgreSQL takes the ids as one array: one statement text, prepared once, for any number of ids.
+_GET_MANY_ARRAY = select(_R.c.id, _R.c.version_id, _R.c.last_updated, _R.c.content, _R.c.created_by).where(
+    _R.c.type == bindparam("type"),
+    _R.c.id == any_(bindparam("ids", type_=ARRAY(String))),
+    _R.c.deleted.is_(False),
 )
 
 
