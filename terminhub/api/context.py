@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, literal, select
+from sqlalchemy import Connection, Select, bindparam, literal, select
 
 from terminhub.access.policy import Caller, Policy
 from terminhub.booking.expiry import present
@@ -87,14 +88,10 @@ class Context:
 
     def visible(self, resource_type: str, resource_id: str) -> bool:
         """Whether the caller may see this resource (its type being readable)."""
-        scope = self.policy.scope(resource_type)
-        if scope is None:
+        query = _membership(self.caller, resource_type)
+        if query is None:
             return True
-        # The id is tested inside the scope's query (each arm of a union finds it by index), not the scope
-        # computed whole and then searched: a scheduling client's Patients grow with its bookings.
-        ids = scope.subquery()
-        query = select(literal(1)).select_from(ids).where(ids.c[0] == resource_id).limit(1)
-        return self.conn.execute(query).first() is not None
+        return self.conn.execute(query, {"resource_id": resource_id}).first() is not None
 
     def load_visible(self, resource_type: str, resource_id: str) -> Stored:
         """The current version, or 404 (unknown or invisible) / 410 (deleted)."""
@@ -109,3 +106,17 @@ class Context:
         if not self.visible(resource_type, resource_id):
             raise FhirError("not-found", f"{resource_type}/{resource_id} is not known.")
         return stored
+
+
+@lru_cache(maxsize=1024)
+def _membership(caller: Caller, resource_type: str) -> Select | None:
+    """Whether an id is in the caller's scope of a type, as a statement built once per caller and type
+    (building and keying it cost more than running it, twice in every booking); None: all are visible.
+
+    The id is tested inside the scope's query (each arm of a union finds it by index), not the scope
+    computed whole and then searched: a scheduling client's Patients grow with its bookings."""
+    scope = Policy(caller).scope(resource_type)
+    if scope is None:
+        return None
+    ids = scope.subquery()
+    return select(literal(1)).select_from(ids).where(ids.c[0] == bindparam("resource_id")).limit(1)

@@ -220,6 +220,7 @@ class BookingService:
             claim.held_at(now) and claim.hold_owner == booker.client_id
         ):
             raise FhirError("slot-unavailable", "The Slot is taken or held by another client.")
+        new_id = appointment_id is None  # a fresh id has no row: it is not read before the write
         appointment_id = appointment_id or str(uuid.uuid4())
         pending = found.requires_confirmation
         claim_until = self._pending_deadline(found, now) if pending else None
@@ -228,7 +229,7 @@ class BookingService:
         ):
             raise FhirError("slot-unavailable", "The Slot was taken meanwhile.")
         resource = self._booked_resource(appointment, found, booker, now, pending)
-        stored = self.repo.save("Appointment", resource, resource_id=appointment_id)
+        stored = self.repo.save("Appointment", resource, resource_id=appointment_id, absent=new_id)
         self._write_slot_status(slot.id, "busy")
         return stored
 

@@ -14,7 +14,7 @@ meanwhile, the flush refuses the whole transaction as a version conflict, as a s
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 import psycopg
 from sqlalchemy import Connection, Engine, Executable, Table, event, insert
@@ -48,14 +48,22 @@ def add(conn: Connection, table: Table, row: dict) -> None:
     conn.info.setdefault(_ROWS, []).append((table, row))
 
 
+def waiting(conn: Connection) -> int:
+    """How many rows wait for the next flush."""
+    return len(conn.info.get(_ROWS) or ())
+
+
 def later(conn: Connection, statement: Executable, params: dict) -> None:
     """Run `statement` (one that reads or writes these tables) at the next flush, after the rows: a
     Schedule's Slots inherit its codings once, not in a flush of their own for each Schedule of a Bundle."""
     conn.info.setdefault(_LATER, []).append((statement, params))
 
 
-def flush(conn: Connection) -> None:
-    """Write the waiting rows, one executemany per table in `TABLES` order, then the waiting statements."""
+def flush(conn: Connection, *, then_commit: bool = False) -> bool:
+    """Write the waiting rows, one executemany per table in `TABLES` order, then the waiting statements.
+
+    `then_commit`: nothing follows in this transaction; on PostgreSQL its COMMIT then goes in the same
+    round trip as the last rows where it can (True when it did: the transaction has ended)."""
     rows: list[tuple[Table, dict]] = conn.info.get(_ROWS) or []
     conn.info[_ROWS] = []
     statements = conn.info.pop(_LATER, None) or []  # taken first: writing the rows must not run them
@@ -63,13 +71,15 @@ def flush(conn: Connection) -> None:
     for table, row in rows:
         by_table[table].append(row)
     groups = [(table, group) for table, group in by_table.items() if group]
+    committed = False
     if conn.dialect.name == "postgresql":
-        _write_postgresql(conn, groups)
+        committed = _write_postgresql(conn, groups, commit=then_commit and not statements)
     else:
         for table, group in groups:
             _write(conn, table, group)
     for statement, params in statements:
         conn.execute(statement, params)
+    return committed
 
 
 def _write(conn: Connection, table: Table, group: list[dict]) -> None:
@@ -91,50 +101,63 @@ def _refuse_if_created_meanwhile(group: list[dict], written: set[tuple[str, str]
         raise FhirError("version-conflict", f"{missing['type']}/{missing['id']} was created meanwhile.")
 
 
-def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]]) -> None:
-    """Large groups by COPY; all others as INSERTs sent together in one pipeline, one round trip however
-    many tables they fill (a booking's flush fills six: one round trip instead of six, and the feed's
-    lock, taken before the last flush, is held that much shorter)."""
+def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], *, commit: bool) -> bool:
+    """Large groups by COPY; all others as one multi-row INSERT per table, sent together in one pipeline:
+    one round trip however many tables they fill (a booking's flush fills six), and the feed's lock, taken
+    before the last flush, is held that much shorter. One statement per table, not one per row: the
+    driver's work per statement was a tenth of a booking's time."""
     driver = conn.connection.driver_connection
     copied = [(t, g) for t, g in groups if len(g) >= COPY_FROM_ROWS and t not in _INSERTED]
     inserted = [(t, g) for t, g in groups if len(g) < COPY_FROM_ROWS or t in _INSERTED]
-    new_resources = None
-    if inserted:
+    returned = []  # the cursors of the new resource rows: those not written were created meanwhile
+    # The COMMIT rides along unless rows are still to be copied after the pipeline. New resource rows then
+    # go in without ON CONFLICT: an id created meanwhile fails the INSERT, the pipeline skips the COMMIT,
+    # and the transaction is refused and rolls back, as the check of their RETURNING would have done.
+    commit = commit and not copied
+    if inserted or commit:
         try:
             with driver.pipeline():
                 for table, group in inserted:
-                    columns = _columns(table, group)
+                    columns = tuple(_columns(table, group))
                     defaults = _defaults(table)
-                    values = [tuple(row.get(name, defaults.get(name)) for name in columns) for row in group]
-                    cursor = driver.cursor()
-                    if table is schema.resources:
-                        new_resources = (cursor, group)
-                    returning = table is schema.resources
-                    cursor.executemany(_insert_sql(table, columns), values, returning=returning)
+                    per_statement = max(1, MAX_PARAMETERS // len(columns))
+                    for start in range(0, len(group), per_statement):
+                        rows = group[start : start + per_statement]
+                        params = [row.get(name, defaults.get(name)) for row in rows for name in columns]
+                        cursor = driver.cursor()
+                        cursor.execute(_insert_sql(table, columns, len(rows), strict=commit), params)
+                        if table is schema.resources and not commit:
+                            returned.append(cursor)
+                if commit:
+                    driver.cursor().execute("COMMIT")
         except psycopg.errors.UniqueViolation as error:
-            _refuse_if_first_version_taken(error)
+            _refuse_if_created_meanwhile_by(error)
             raise
-    if new_resources is not None:
-        cursor, group = new_resources
-        written: set[tuple[str, str]] = set()
-        while True:
-            written.update((row[0], row[1]) for row in cursor.fetchall())
-            if not cursor.nextset():
-                break
-        _refuse_if_created_meanwhile(group, written)
+    if returned:
+        written = {(row[0], row[1]) for cursor in returned for row in cursor.fetchall()}
+        _refuse_if_created_meanwhile(
+            [row for t, g in inserted if t is schema.resources for row in g], written
+        )
     for table, group in copied:
         _copy(conn, table, group)
+    return commit
 
 
-_FIRST_VERSION_KEY = re.compile(r"\(type, id, version_id\)=\((?P<type>[^,]+), (?P<id>.+), 1\)")
+MAX_PARAMETERS = 30_000  # a statement's parameters (PostgreSQL takes at most 65,535)
 
 
-def _refuse_if_first_version_taken(error: psycopg.errors.UniqueViolation) -> None:
-    """A new resource's row was skipped (its id was created meanwhile) and the pipeline stopped at its
-    first version, which the other transaction wrote: the same refusal as when the check comes first."""
-    if error.diag.constraint_name != "resource_versions_pkey":
-        return
-    found = _FIRST_VERSION_KEY.search(error.diag.message_detail or "")
+# What a unique violation names when a new resource's id was created meanwhile: the resource row itself
+# (an INSERT without ON CONFLICT), or its first version (the resource row skipped, its version not).
+_CREATED_MEANWHILE = {
+    "resources_pkey": re.compile(r"\(type, id\)=\((?P<type>[^,]+), (?P<id>.+)\)"),
+    "resource_versions_pkey": re.compile(r"\(type, id, version_id\)=\((?P<type>[^,]+), (?P<id>.+), 1\)"),
+}
+
+
+def _refuse_if_created_meanwhile_by(error: psycopg.errors.UniqueViolation) -> None:
+    """The same refusal as the check of the written rows gives, where the pipeline stopped at one."""
+    pattern = _CREATED_MEANWHILE.get(error.diag.constraint_name or "")
+    found = pattern.search(error.diag.message_detail or "") if pattern else None
     if found is not None:
         taken = f"{found['type']}/{found['id']}"
         raise FhirError("version-conflict", f"{taken} was created meanwhile.") from error
@@ -145,9 +168,12 @@ def _refuse_if_first_version_taken(error: psycopg.errors.UniqueViolation) -> Non
 _INSERTED = (schema.resources, schema.slot_claims)
 
 
-def _insert_sql(table: Table, columns: list[str]) -> str:
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
-    if table is schema.resources:
+@lru_cache(maxsize=256)  # a few shapes recur: a booking's; a Bundle's are many and large
+def _insert_sql(table: Table, columns: tuple[str, ...], rows: int, *, strict: bool = False) -> str:
+    """`strict`: new resource rows fail on an id that exists (else they are skipped and returned)."""
+    row = f"({', '.join(['%s'] * len(columns))})"
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
+    if table is schema.resources and not strict:
         return sql + " ON CONFLICT (type, id) DO NOTHING RETURNING type, id"
     if table is schema.slot_claims:
         return sql + " ON CONFLICT (slot_id) DO NOTHING"
@@ -191,8 +217,14 @@ def on_forget(hook) -> None:  # noqa: ANN001 - a callable taking the connection
 
 
 def flush_before(conn: Connection, statement: str) -> None:
-    """Flush if `statement` names a table whose rows are waiting: it must find them."""
-    if (conn.info.get(_ROWS) or conn.info.get(_LATER)) and any(name in statement for name in _NAMES):
+    """Flush if `statement` names a table whose rows are waiting: it must find them. A statement that
+    names only other tables needs none of them (no table refers to another); waiting statements may
+    touch any of these tables, so with them any name counts."""
+    rows = conn.info.get(_ROWS)
+    if conn.info.get(_LATER):
+        if any(name in statement for name in _NAMES):
+            flush(conn)
+    elif rows and any(table.name in statement for table in {table for table, _ in rows}):
         flush(conn)
 
 

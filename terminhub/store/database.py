@@ -138,7 +138,8 @@ class Database:
                     appends.flush(conn)
                     feed.resolve(conn)  # before the locks below: other writers wait for them
                     generations.advance(conn)
-                    # The feed position is stamped last, just before the commit (DESIGN rule 7).
+                    # The feed position is stamped last, just before the commit (DESIGN rule 7); on
+                    # PostgreSQL the COMMIT goes with its rows, and SQLAlchemy's finds the work done.
                     feed.stamp(conn)
             finally:
                 conn.info.pop(READ_ONLY, None)

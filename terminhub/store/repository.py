@@ -8,7 +8,7 @@ no face can forget a change record.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -93,11 +93,18 @@ class Repository:
         """The current version, deleted ones included (their content is None)."""
         if (resource_type, resource_id) in self.absent:
             return None
+        key = (resource_type, resource_id)
+        locked = self.conn.info.get(_LOCKED)
+        if locked and (known := locked.get(key)) is not None:
+            return known
+        seen = self.conn.info.setdefault(_SEEN, {})
+        if not for_update and (known := seen.get(key)) is not None:
+            return known
         query = _GET_FOR_UPDATE if for_update else _GET
         row = self.conn.execute(query, {"type": resource_type, "id": resource_id}).first()
         if row is None:
             return None
-        return Stored(
+        stored = Stored(
             resource_type,
             resource_id,
             row.version_id,
@@ -106,6 +113,17 @@ class Repository:
             row.content,
             row.created_by,
         )
+        if for_update:
+            self._remember_locked(stored)
+        else:
+            seen[key] = stored
+        return stored
+
+    def _remember_locked(self, stored: Stored) -> None:
+        """A row this transaction has locked (read for update, or written) stays as it last left it until
+        the commit: read again, it comes from here. A row read without a lock is read once per transaction
+        too (`_SEEN`): a booking reads its Slot four times and its Patient twice."""
+        self.conn.info.setdefault(_LOCKED, {})[(stored.type, stored.id)] = replace(stored, method="")
 
     def get_many(self, resource_type: str, ids: list[str]) -> list[Stored]:
         if not ids:
@@ -175,7 +193,7 @@ class Repository:
         previous = current.content if current and not current.deleted else None
         self._note(resource_type, resource_id, version, method, content, previous)
         self._reindex(resource_type, resource_id, orjson.loads(content), fresh=current is None)
-        return Stored(
+        saved = Stored(
             resource_type,
             resource_id,
             version,
@@ -185,6 +203,8 @@ class Repository:
             current.created_by if current and not current.deleted else self.actor.client_id,
             method,
         )
+        self._remember_locked(saved)
+        return saved
 
     def delete(self, resource_type: str, resource_id: str) -> Stored | None:
         """Delete (a new, empty version); None when there was nothing to delete."""
@@ -204,6 +224,9 @@ class Repository:
         self._record(resource_type, resource_id, version, now, "DELETE", None)
         self._note(resource_type, resource_id, version, "DELETE", None, current.content)
         self._clear_index(resource_type, resource_id)
+        self._remember_locked(
+            Stored(resource_type, resource_id, version, now, True, None, current.created_by)
+        )
         return Stored(resource_type, resource_id, version, now, True, None, method="DELETE")
 
     def _store(
@@ -317,6 +340,17 @@ class Repository:
 
 # The statements of every write, built once: building one costs more than running it on SQLite.
 _R = schema.resources
+_LOCKED = "terminhub.repository.locked"  # (type, id) -> Stored: rows this transaction holds locked
+_SEEN = "terminhub.repository.seen"  # (type, id) -> Stored: rows this transaction has read
+
+
+def _forget_rows(conn: Connection) -> None:
+    """A new transaction, or a rolled-back savepoint, which may have written some of them."""
+    conn.info.pop(_LOCKED, None)
+    conn.info.pop(_SEEN, None)
+
+
+appends.on_forget(_forget_rows)
 _GET = select(_R.c.version_id, _R.c.last_updated, _R.c.deleted, _R.c.content, _R.c.created_by).where(
     _R.c.type == bindparam("type"), _R.c.id == bindparam("id")
 )

@@ -97,3 +97,43 @@ def test_a_claim_row_already_there_is_kept(db: Database) -> None:
     with db.transaction() as conn:
         kept = dict(conn.execute(select(c.c.slot_id, c.c.appointment_id)).all())
     assert kept == {"claimed": "a1", "unclaimed": None}
+
+
+def test_the_last_flush_may_carry_the_commit(db: Database) -> None:
+    """On PostgreSQL the COMMIT goes with the last rows; the transaction then ends as any other."""
+    with db.transaction(write=True) as conn:
+        _created(conn, "LastFlush", "one")
+        appends.add(conn, schema.feed_owners, _owner("700000001", 1))
+        committed = appends.flush(conn, then_commit=True)
+    assert committed is (not db.sqlite)
+    r = schema.resources
+    assert _count(db, r, r.c.type == "LastFlush") == 1
+    assert _count(db, schema.feed_owners, schema.feed_owners.c.bsnr == "700000001") == 1
+
+
+def test_a_resource_created_meanwhile_stops_the_commit_that_goes_with_it(db: Database) -> None:
+    with db.transaction(write=True) as conn:
+        _created(conn, "LastFlushTaken", "taken")
+    with pytest.raises(FhirError) as refused, db.transaction(write=True) as conn:
+        _created(conn, "LastFlushTaken", "new")
+        appends.add(conn, schema.feed_owners, _owner("700000002", 1))
+        _created(conn, "LastFlushTaken", "taken")
+        appends.flush(conn, then_commit=True)
+    assert (refused.value.code, refused.value.status) == ("version-conflict", 412)
+    assert "LastFlushTaken/taken" in refused.value.text
+    r = schema.resources
+    assert _count(db, r, r.c.type == "LastFlushTaken") == 1
+    assert _count(db, schema.feed_owners, schema.feed_owners.c.bsnr == "700000002") == 0
+
+
+def test_a_statement_on_other_tables_leaves_the_rows_waiting(db: Database) -> None:
+    """Only a statement that names a table with waiting rows sends them first: each flush is a round trip."""
+    with db.transaction(write=True) as conn:
+        appends.add(conn, schema.feed_owners, _owner("700000003", 1))
+        conn.execute(select(func.count()).select_from(schema.resources)).scalar_one()
+        assert appends.waiting(conn) == 1
+        owners = schema.feed_owners
+        conn.execute(
+            select(func.count()).select_from(owners).where(owners.c.bsnr == "700000003")
+        ).scalar_one()
+        assert appends.waiting(conn) == 0
