@@ -111,7 +111,10 @@ class FhirEndpoint:
             await run_in_threadpool(self.audit_refusal, caller, request.method, segments, exc)
             return self.render(Reply(exc.status, exc.outcome(), exc.headers), fmt)
         call = Call(request.method, segments, params, body, content_type, dict(request.headers))
-        reply = await run_in_threadpool(self.execute, caller, call, fmt)
+        if _is_read_by_id(call):
+            reply = self.execute(caller, call, fmt)
+        else:
+            reply = await run_in_threadpool(self.execute, caller, call, fmt)
         return self.render(reply, fmt, pretty=_first(params, "_pretty") == "true")
 
     # -- stages --------------------------------------------------------------------------------------
@@ -376,6 +379,14 @@ def _form_params(body: bytes, content_type: str | None) -> list[tuple[str, str]]
         return list(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
     except UnicodeDecodeError as exc:
         raise FhirError("invalid", "The form body is not UTF-8.") from exc
+
+
+def _is_read_by_id(call: Call) -> bool:
+    """GET [type]/[id] without parameters: one indexed query outside a transaction block, run in the event
+    loop itself. Handing it to a worker thread and back cost more than the read (Slot reads over HTTP, two
+    runs: 830 → 1,810 and 763 → 1,009 req/s); longer requests keep their thread, so none holds the loop."""
+    by_id = len(call.segments) == 2 and call.segments[1][0] not in "_$"
+    return call.method == "GET" and by_id and not call.params
 
 
 async def _read_body(request: Request) -> bytes:
