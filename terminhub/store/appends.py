@@ -14,10 +14,11 @@ meanwhile, the flush refuses the whole transaction as a version conflict, as a s
 from __future__ import annotations
 
 import re
-from functools import cache, lru_cache
+from functools import cache
 
 import psycopg
 from sqlalchemy import Connection, Engine, Executable, Table, event, insert
+from sqlalchemy.dialects import postgresql
 
 from terminhub.fhir.outcome import FhirError
 from terminhub.store import schema
@@ -102,10 +103,10 @@ def _refuse_if_created_meanwhile(group: list[dict], written: set[tuple[str, str]
 
 
 def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], *, commit: bool) -> bool:
-    """Large groups by COPY; all others as one multi-row INSERT per table, sent together in one pipeline:
-    one round trip however many tables they fill (a booking's flush fills six), and the feed's lock, taken
-    before the last flush, is held that much shorter. One statement per table, not one per row: the
-    driver's work per statement was a tenth of a booking's time."""
+    """Large groups by COPY; all others as one INSERT per table, sent together in one pipeline: one round
+    trip however many tables they fill (a booking's flush fills six), and the feed's lock, taken before
+    the last flush, is held that much shorter. One statement per table, not one per row: the driver's
+    work per statement was a tenth of a booking's time."""
     driver = conn.connection.driver_connection
     copied = [(t, g) for t, g in groups if len(g) >= COPY_FROM_ROWS and t not in _INSERTED]
     inserted = [(t, g) for t, g in groups if len(g) < COPY_FROM_ROWS or t in _INSERTED]
@@ -120,14 +121,11 @@ def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], 
                 for table, group in inserted:
                     columns = tuple(_columns(table, group))
                     defaults = _defaults(table)
-                    per_statement = _rows_per_insert(table, columns)
-                    for start in range(0, len(group), per_statement):
-                        rows = group[start : start + per_statement]
-                        params = [row.get(name, defaults.get(name)) for row in rows for name in columns]
-                        cursor = driver.cursor()
-                        cursor.execute(_insert_sql(table, columns, len(rows), strict=commit), params)
-                        if table is schema.resources and not commit:
-                            returned.append(cursor)
+                    arrays = [[row.get(name, defaults.get(name)) for row in group] for name in columns]
+                    cursor = driver.cursor()
+                    cursor.execute(_insert_sql(table, columns, strict=commit), arrays)
+                    if table is schema.resources and not commit:
+                        returned.append(cursor)
                 if commit:
                     driver.cursor().execute("COMMIT")
         except psycopg.errors.UniqueViolation as error:
@@ -141,19 +139,6 @@ def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], 
     for table, group in copied:
         _copy(conn, table, group)
     return commit
-
-
-# The driver parses a statement's text for its placeholders, and caches that only for texts of at most
-# 4,096 characters: a 1,000-row INSERT was parsed anew each time (a fifth of a Bundle's load).
-CACHED_STATEMENT_LENGTH = 4096  # psycopg's MAX_CACHED_STATEMENT_LENGTH
-
-
-@cache
-def _rows_per_insert(table: Table, columns: tuple[str, ...]) -> int:
-    """As many rows as keep the INSERT's text short enough for the driver's cache, at least one."""
-    header = len(_insert_sql(table, columns, 1))
-    row = len(", ".join(["%s"] * len(columns))) + 4  # "(…), "
-    return max(1, (CACHED_STATEMENT_LENGTH - header) // row)
 
 
 # What a unique violation names when a new resource's id was created meanwhile: the resource row itself
@@ -178,16 +163,22 @@ def _refuse_if_created_meanwhile_by(error: psycopg.errors.UniqueViolation) -> No
 _INSERTED = (schema.resources, schema.slot_claims)
 
 
-@lru_cache(maxsize=256)  # a few shapes recur: a booking's, a Bundle's full statements and its last
-def _insert_sql(table: Table, columns: tuple[str, ...], rows: int, *, strict: bool = False) -> str:
-    """`strict`: new resource rows fail on an id that exists (else they are skipped and returned)."""
-    row = f"({', '.join(['%s'] * len(columns))})"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
+@cache
+def _insert_sql(table: Table, columns: tuple[str, ...], *, strict: bool = False) -> str:
+    """One INSERT for any number of rows, each column's values as one array: the driver parses and the
+    server plans the same text every time (a multi-row VALUES is a new text for each number of rows).
+
+    `strict`: new resource rows fail on an id that exists (else they are skipped and returned)."""
+    arrays = ", ".join(f"%s::{table.c[name].type.compile(dialect=_POSTGRESQL)}[]" for name in columns)
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
     if table is schema.resources and not strict:
         return sql + " ON CONFLICT (type, id) DO NOTHING RETURNING type, id"
     if table is schema.slot_claims:
         return sql + " ON CONFLICT (slot_id) DO NOTHING"
     return sql
+
+
+_POSTGRESQL = postgresql.dialect()
 
 
 @cache
