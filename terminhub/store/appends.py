@@ -2,9 +2,10 @@
 
 A Bundle of 1,000 new Slots would otherwise send some 5,000 single-row INSERTs (resource, history, outbox,
 index, offers, claim), one round trip each. The rows wait on the connection (`conn.info`) and go out as
-one executemany per table when the transaction ends (`flush`, from `Database.transaction`), and earlier
-whenever a statement names one of their tables, so a reader in the same transaction (a Bundle's history
-GET, a search, a re-index deleting old rows) always sees them. A savepoint flushes what came before it:
+one statement per table when the transaction ends (`flush`, from `Database.transaction`; on PostgreSQL
+all in one round trip, large groups by COPY), and earlier whenever a statement names one of their tables,
+so a reader in the same transaction (a Bundle's history GET, a search, a re-index deleting old rows)
+always sees them. A savepoint flushes what came before it:
 the rows still waiting are then exactly those its rollback must drop.
 
 A new resource row is inserted only if its id has no row yet; when another transaction created it
@@ -36,7 +37,7 @@ TABLES = (
     schema.feed_owners,
 )
 _NAMES = tuple(table.name for table in TABLES)
-_ROWS = "terminhub.appends.rows"
+_ROWS = "terminhub.appends.rows"  # Table -> its waiting rows, tables in the order rows first came
 _LATER = "terminhub.appends.later"  # statements that read the waiting rows: they run right after them
 _FORGET_HOOKS: list = []  # caches built on rows a rolled-back savepoint takes away
 # PostgreSQL's COPY takes two round trips and sets up more than an INSERT: a booking's few rows per table
@@ -46,12 +47,12 @@ COPY_FROM_ROWS = 50
 
 def add(conn: Connection, table: Table, row: dict) -> None:
     """Keep a row of one of `TABLES` for the transaction's next flush."""
-    conn.info.setdefault(_ROWS, []).append((table, row))
+    conn.info.setdefault(_ROWS, {}).setdefault(table, []).append(row)
 
 
 def waiting(conn: Connection) -> int:
     """How many rows wait for the next flush."""
-    return len(conn.info.get(_ROWS) or ())
+    return sum(len(group) for group in (conn.info.get(_ROWS) or {}).values())
 
 
 def later(conn: Connection, statement: Executable, params: dict) -> None:
@@ -61,17 +62,13 @@ def later(conn: Connection, statement: Executable, params: dict) -> None:
 
 
 def flush(conn: Connection, *, then_commit: bool = False) -> bool:
-    """Write the waiting rows, one executemany per table in `TABLES` order, then the waiting statements.
+    """Write the waiting rows, one statement per table in `TABLES` order, then the waiting statements.
 
     `then_commit`: nothing follows in this transaction; on PostgreSQL its COMMIT then goes in the same
     round trip as the last rows where it can (True when it did: the transaction has ended)."""
-    rows: list[tuple[Table, dict]] = conn.info.get(_ROWS) or []
-    conn.info[_ROWS] = []
+    by_table: dict[Table, list[dict]] = conn.info.pop(_ROWS, None) or {}
     statements = conn.info.pop(_LATER, None) or []  # taken first: writing the rows must not run them
-    by_table: dict[Table, list[dict]] = {table: [] for table in TABLES}
-    for table, row in rows:
-        by_table[table].append(row)
-    groups = [(table, group) for table, group in by_table.items() if group]
+    groups = [(table, by_table[table]) for table in TABLES if table in by_table]
     committed = False
     if conn.dialect.name == "postgresql":
         committed = _write_postgresql(conn, groups, commit=then_commit and not statements)
@@ -110,10 +107,9 @@ def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], 
     driver = conn.connection.driver_connection
     copied = [(t, g) for t, g in groups if len(g) >= COPY_FROM_ROWS and t not in _INSERTED]
     inserted = [(t, g) for t, g in groups if len(g) < COPY_FROM_ROWS or t in _INSERTED]
-    returned = []  # the cursors of the new resource rows: those not written were created meanwhile
-    # The COMMIT rides along unless rows are still to be copied after the pipeline. New resource rows then
-    # go in without ON CONFLICT: an id created meanwhile fails the INSERT, the pipeline skips the COMMIT,
-    # and the transaction is refused and rolls back, as the check of their RETURNING would have done.
+    # New resource rows go in without ON CONFLICT: an id created meanwhile fails their INSERT, the pipeline
+    # skips the rest (the COMMIT too), and the transaction is refused as a version conflict and rolls back.
+    # The COMMIT rides along unless rows are still to be copied after the pipeline.
     commit = commit and not copied
     if inserted or commit:
         try:
@@ -122,37 +118,25 @@ def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], 
                     columns = tuple(_columns(table, group))
                     defaults = _defaults(table)
                     arrays = [[row.get(name, defaults.get(name)) for row in group] for name in columns]
-                    cursor = driver.cursor()
-                    cursor.execute(_insert_sql(table, columns, strict=commit), arrays)
-                    if table is schema.resources and not commit:
-                        returned.append(cursor)
+                    driver.cursor().execute(_insert_sql(table, columns), arrays)
                 if commit:
                     driver.cursor().execute("COMMIT")
         except psycopg.errors.UniqueViolation as error:
             _refuse_if_created_meanwhile_by(error)
             raise
-    if returned:
-        written = {(row[0], row[1]) for cursor in returned for row in cursor.fetchall()}
-        _refuse_if_created_meanwhile(
-            [row for t, g in inserted if t is schema.resources for row in g], written
-        )
     for table, group in copied:
         _copy(conn, table, group)
     return commit
 
 
-# What a unique violation names when a new resource's id was created meanwhile: the resource row itself
-# (an INSERT without ON CONFLICT), or its first version (the resource row skipped, its version not).
-_CREATED_MEANWHILE = {
-    "resources_pkey": re.compile(r"\(type, id\)=\((?P<type>[^,]+), (?P<id>.+)\)"),
-    "resource_versions_pkey": re.compile(r"\(type, id, version_id\)=\((?P<type>[^,]+), (?P<id>.+), 1\)"),
-}
+_TAKEN_KEY = re.compile(r"\(type, id\)=\((?P<type>[^,]+), (?P<id>.+)\)")  # in the violation's detail
 
 
 def _refuse_if_created_meanwhile_by(error: psycopg.errors.UniqueViolation) -> None:
-    """The same refusal as the check of the written rows gives, where the pipeline stopped at one."""
-    pattern = _CREATED_MEANWHILE.get(error.diag.constraint_name or "")
-    found = pattern.search(error.diag.message_detail or "") if pattern else None
+    """The refusal SQLite's check of the written rows gives, from the violation of a resource's key."""
+    if error.diag.constraint_name != "resources_pkey":
+        return
+    found = _TAKEN_KEY.search(error.diag.message_detail or "")
     if found is not None:
         taken = f"{found['type']}/{found['id']}"
         raise FhirError("version-conflict", f"{taken} was created meanwhile.") from error
@@ -164,15 +148,11 @@ _INSERTED = (schema.resources, schema.slot_claims)
 
 
 @cache
-def _insert_sql(table: Table, columns: tuple[str, ...], *, strict: bool = False) -> str:
+def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
     """One INSERT for any number of rows, each column's values as one array: the driver parses and the
-    server plans the same text every time (a multi-row VALUES is a new text for each number of rows).
-
-    `strict`: new resource rows fail on an id that exists (else they are skipped and returned)."""
+    server plans the same text every time (a multi-row VALUES is a new text for each number of rows)."""
     arrays = ", ".join(f"%s::{table.c[name].type.compile(dialect=_POSTGRESQL)}[]" for name in columns)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
-    if table is schema.resources and not strict:
-        return sql + " ON CONFLICT (type, id) DO NOTHING RETURNING type, id"
     if table is schema.slot_claims:
         return sql + " ON CONFLICT (slot_id) DO NOTHING"
     return sql
@@ -221,11 +201,10 @@ def flush_before(conn: Connection, statement: str) -> None:
     """Flush if `statement` names a table whose rows are waiting: it must find them. A statement that
     names only other tables needs none of them (no table refers to another); waiting statements may
     touch any of these tables, so with them any name counts."""
-    rows = conn.info.get(_ROWS)
     if conn.info.get(_LATER):
         if any(name in statement for name in _NAMES):
             flush(conn)
-    elif rows and any(table.name in statement for table in {table for table, _ in rows}):
+    elif (waiting_in := conn.info.get(_ROWS)) and any(table.name in statement for table in waiting_in):
         flush(conn)
 
 

@@ -12,24 +12,20 @@ from sqlalchemy import Connection, Executable
 
 from terminhub.store import appends
 
-_compiled: dict[int, tuple[Executable, str, dict]] = {}  # by id of a module-level statement, kept alive here
+_compiled: dict[Executable, tuple[str, dict]] = {}  # module-level statements: a few, kept for good
 
 
 def rows(conn: Connection, statement: Executable, params: dict) -> list[tuple]:
     """The rows of `statement` (one without expanding parameters) with `params`."""
     if conn.dialect.name != "postgresql":
         return [tuple(row) for row in conn.execute(statement, params).all()]
-    sql, constants = _compile(conn, statement)
+    known = _compiled.get(statement)
+    if known is None:
+        compiled = statement.compile(dialect=conn.dialect)
+        # the constants it names as parameters (a LIMIT, a code) come with it
+        known = _compiled[statement] = (str(compiled), dict(compiled.params))
+    sql, constants = known
     appends.flush_before(conn, sql)  # as SQLAlchemy's own execution would
     cursor = conn.connection.driver_connection.cursor()
     cursor.execute(sql, constants | params, prepare=True)
     return cursor.fetchall()
-
-
-def _compile(conn: Connection, statement: Executable) -> tuple[str, dict]:
-    """The statement's text and the values of the constants it names as parameters (a LIMIT, a code)."""
-    known = _compiled.get(id(statement))
-    if known is None or known[0] is not statement:
-        compiled = statement.compile(dialect=conn.dialect)
-        known = _compiled[id(statement)] = (statement, str(compiled), dict(compiled.params))
-    return known[1], known[2]

@@ -121,8 +121,7 @@ class Repository:
 
     def _remember_locked(self, stored: Stored) -> None:
         """A row this transaction has locked (read for update, or written) stays as it last left it until
-        the commit: read again, it comes from here. A row read without a lock is read once per transaction
-        too (`_SEEN`): a booking reads its Slot four times and its Patient twice."""
+        the commit: read again, it comes from here."""
         self.conn.info.setdefault(_LOCKED, {})[(stored.type, stored.id)] = replace(stored, method="")
 
     def get_many(self, resource_type: str, ids: list[str]) -> list[Stored]:
@@ -340,8 +339,9 @@ class Repository:
 
 # The statements of every write, built once: building one costs more than running it on SQLite.
 _R = schema.resources
-_LOCKED = "terminhub.repository.locked"  # (type, id) -> Stored: rows this transaction holds locked
-_SEEN = "terminhub.repository.seen"  # (type, id) -> Stored: rows this transaction has read
+# Rows a transaction has read, each read once (a booking read its Slot four times and its Patient twice):
+_LOCKED = "terminhub.repository.locked"  # (type, id) -> Stored: those it holds locked, as it left them
+_SEEN = "terminhub.repository.seen"  # (type, id) -> Stored: those read without a lock
 
 
 def _forget_rows(conn: Connection) -> None:
@@ -357,15 +357,12 @@ _GET = select(_R.c.version_id, _R.c.last_updated, _R.c.deleted, _R.c.content, _R
 _GET_FOR_UPDATE = _GET.with_for_update()
 # Built once: a search reads Slots by id many times a second, and building the statement cost more
 # than running it.
-_GET_MANY = select(_R.c.id, _R.c.version_id, _R.c.last_updated, _R.c.content, _R.c.created_by).where(
-    _R.c.type == bindparam("type"), _R.c.id.in_(bindparam("ids", expanding=True)), _R.c.deleted.is_(False)
+_MANY = select(_R.c.id, _R.c.version_id, _R.c.last_updated, _R.c.content, _R.c.created_by).where(
+    _R.c.type == bindparam("type"), _R.c.deleted.is_(False)
 )
+_GET_MANY = _MANY.where(_R.c.id.in_(bindparam("ids", expanding=True)))
 # PostgreSQL takes the ids as one array: one statement text, prepared once, for any number of ids.
-_GET_MANY_ARRAY = select(_R.c.id, _R.c.version_id, _R.c.last_updated, _R.c.content, _R.c.created_by).where(
-    _R.c.type == bindparam("type"),
-    _R.c.id == any_(bindparam("ids", type_=ARRAY(String))),
-    _R.c.deleted.is_(False),
-)
+_GET_MANY_ARRAY = _MANY.where(_R.c.id == any_(bindparam("ids", type_=ARRAY(String))))
 
 
 def serialise(resource_type: str, resource_id: str, version: int, now: int, resource: dict) -> bytes:
