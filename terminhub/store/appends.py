@@ -107,12 +107,12 @@ def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], 
     driver = conn.connection.driver_connection
     copied = [(t, g) for t, g in groups if len(g) >= COPY_FROM_ROWS and t not in _INSERTED]
     inserted = [(t, g) for t, g in groups if len(g) < COPY_FROM_ROWS or t in _INSERTED]
-    # New resource rows go in without ON CONFLICT: an id created meanwhile fails their INSERT, the pipeline
-    # skips the rest (the COMMIT too), and the transaction is refused as a version conflict and rolls back.
-    # The COMMIT rides along unless rows are still to be copied after the pipeline.
+    # New resource rows go in without ON CONFLICT: an id created meanwhile fails their INSERT or COPY, the
+    # pipeline skips the rest (the COMMIT too), and the transaction is refused as a version conflict and
+    # rolls back. The COMMIT rides along unless rows are still to be copied after the pipeline.
     commit = commit and not copied
-    if inserted or commit:
-        try:
+    try:
+        if inserted or commit:
             with driver.pipeline():
                 for table, group in inserted:
                     columns = tuple(_columns(table, group))
@@ -121,11 +121,11 @@ def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], 
                     driver.cursor().execute(_insert_sql(table, columns), arrays)
                 if commit:
                     driver.cursor().execute("COMMIT")
-        except psycopg.errors.UniqueViolation as error:
-            _refuse_if_created_meanwhile_by(error)
-            raise
-    for table, group in copied:
-        _copy(conn, table, group)
+        for table, group in copied:
+            _copy(conn, table, group)
+    except psycopg.errors.UniqueViolation as error:
+        _refuse_if_created_meanwhile_by(error)
+        raise
     return commit
 
 
@@ -142,9 +142,8 @@ def _refuse_if_created_meanwhile_by(error: psycopg.errors.UniqueViolation) -> No
         raise FhirError("version-conflict", f"{taken} was created meanwhile.") from error
 
 
-# Tables whose rows go in by INSERT whatever their number: a new resource must learn of a conflict, a claim
-# row may already be there.
-_INSERTED = (schema.resources, schema.slot_claims)
+# Rows that go in by INSERT whatever their number: a claim row may already be there (ON CONFLICT).
+_INSERTED = (schema.slot_claims,)
 
 
 @cache
@@ -197,6 +196,10 @@ def on_forget(hook) -> None:  # noqa: ANN001 - a callable taking the connection
     _FORGET_HOOKS.append(hook)
 
 
+# Execution options of a statement that reads none of the waiting rows (its caller knows): it runs at once.
+WITHOUT_FLUSH = {"terminhub_without_flush": True}
+
+
 def flush_before(conn: Connection, statement: str) -> None:
     """Flush if `statement` names a table whose rows are waiting: it must find them. A statement that
     names only other tables needs none of them (no table refers to another); waiting statements may
@@ -213,8 +216,9 @@ def follow(engine: Engine) -> None:
     rollback drops the rows made since it began."""
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _before(conn: Connection, _cursor, statement: str, _params, _context, _many: bool) -> None:  # noqa: ANN001
-        flush_before(conn, statement)
+    def _before(conn: Connection, _cursor, statement: str, _params, context, _many: bool) -> None:  # noqa: ANN001
+        if context is None or not context.execution_options.get("terminhub_without_flush"):
+            flush_before(conn, statement)
 
     @event.listens_for(engine, "savepoint")
     def _savepoint(conn: Connection, _name: str | None) -> None:

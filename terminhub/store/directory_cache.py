@@ -19,7 +19,13 @@ from sqlalchemy import Connection, Engine
 from terminhub.store import generations
 from terminhub.store.repository import Stored
 
-MAX_ENTRIES = 60_000  # parsed resources kept at most; then the cache starts again (memory stays bounded)
+# At most so many parsed resources, and so many answers derived from them; then the cache starts again
+# (memory stays bounded). A directory of 5,000 practices holds some 38,000 resources that searches read,
+# and searches and the feed derive some 37,000 small answers from them (the owners of each Schedule,
+# PractitionerRole and Location, the place of each Schedule): with one limit of 60,000 for both, such a
+# cache started again every time it filled.
+MAX_RESOURCES = 60_000
+MAX_DERIVED = 150_000
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class DirectoryCache:
         return self.generation is not None
 
     def full(self) -> bool:
-        return len(self.stored) + len(self.derived) >= MAX_ENTRIES
+        return len(self.stored) >= MAX_RESOURCES or len(self.derived) >= MAX_DERIVED
 
 
 _caches: WeakKeyDictionary[Engine, DirectoryCache] = WeakKeyDictionary()

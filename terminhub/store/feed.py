@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, bindparam, case, delete, event, selec
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.searchparams import BSNR_SYSTEM
-from terminhub.store import appends, schema
+from terminhub.store import appends, hot_reads, schema
 from terminhub.store.indexer import index_rows, split_reference
 
 S = schema.search_index
@@ -360,12 +360,12 @@ class Owners:
         return frozenset(found)
 
     def _refs(self, source: str, source_id: str, param: str) -> list[tuple[str, str]]:
-        rows = self.conn.execute(_REFS, {"type": source, "id": source_id, "param": param})
-        return [(row.ref_type, row.ref_id) for row in rows]
+        rows = hot_reads.rows(self.conn, _REFS, {"type": source, "id": source_id, "param": param})
+        return [(ref_type, ref_id) for ref_type, ref_id in rows]
 
     def _referring(self, source: str, param: str, target_type: str, target_id: str) -> list[str]:
         params = {"ref_type": target_type, "ref_id": target_id, "param": param, "type": source}
-        return [row.id for row in self.conn.execute(_REFERRING, params)]
+        return [row[0] for row in hot_reads.rows(self.conn, _REFERRING, params)]
 
     def _union(self, resource_type: str, ids: list[str]) -> frozenset[str]:
         found: set[str] = set()
@@ -377,10 +377,10 @@ class Owners:
         return self._union(wanted, [ref_id for ref_type, ref_id in refs if ref_type == wanted])
 
     def _organizations(self, refs: list[tuple[str, str]]) -> frozenset[str]:
-        ids = [ref_id for ref_type, ref_id in refs if ref_type == "Organization"]
-        if not ids:
-            return frozenset()
-        return frozenset(row.code for row in self.conn.execute(_BSNRS, {"ids": ids}) if row.code)
+        found: set[str] = set()
+        for ref_id in {ref_id for ref_type, ref_id in refs if ref_type == "Organization"}:
+            found.update(row[0] for row in hot_reads.rows(self.conn, _BSNRS, {"id": ref_id}) if row[0])
+        return frozenset(found)
 
 
 # The owners' statements, built once: a Bundle of a directory asks them for every Schedule.
@@ -392,9 +392,11 @@ _REFERRING = select(S.c.id).where(
     S.c.ref_type == bindparam("ref_type"), S.c.ref_id == bindparam("ref_id"), S.c.param == bindparam("param"),
     S.c.type == bindparam("type"),
 )  # fmt: skip
+# One Organization at a time (almost always the only one): a list of ids would make the statement a new
+# text for each length, compiled anew each time (a seventh of a cold Bundle's time).
 _BSNRS = select(S.c.code).where(
     S.c.type == "Organization", S.c.param == "identifier", S.c.system == BSNR_SYSTEM,
-    S.c.id.in_(bindparam("ids", expanding=True)),
+    S.c.id == bindparam("id"),
 )  # fmt: skip
 
 

@@ -15,17 +15,20 @@ from terminhub.store import appends
 _compiled: dict[Executable, tuple[str, dict]] = {}  # module-level statements: a few, kept for good
 
 
-def rows(conn: Connection, statement: Executable, params: dict) -> list[tuple]:
-    """The rows of `statement` (one without expanding parameters) with `params`."""
+def rows(conn: Connection, statement: Executable, params: dict, *, flush: bool = True) -> list[tuple]:
+    """The rows of `statement` (one without expanding parameters, IN lists included) with `params`;
+    `flush=False` for a read that needs none of the transaction's waiting rows (`appends.WITHOUT_FLUSH`)."""
     if conn.dialect.name != "postgresql":
-        return [tuple(row) for row in conn.execute(statement, params).all()]
+        options = {} if flush else appends.WITHOUT_FLUSH
+        return [tuple(row) for row in conn.execute(statement, params, execution_options=options).all()]
     known = _compiled.get(statement)
     if known is None:
         compiled = statement.compile(dialect=conn.dialect)
         # the constants it names as parameters (a LIMIT, a code) come with it
         known = _compiled[statement] = (str(compiled), dict(compiled.params))
     sql, constants = known
-    appends.flush_before(conn, sql)  # as SQLAlchemy's own execution would
+    if flush:
+        appends.flush_before(conn, sql)  # as SQLAlchemy's own execution would
     cursor = conn.connection.driver_connection.cursor()
     cursor.execute(sql, constants | params, prepare=True)
     return cursor.fetchall()

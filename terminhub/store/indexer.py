@@ -124,11 +124,15 @@ def _rows_for(param: searchparams.SearchParam, value: Any, tz: ZoneInfo) -> Iter
         yield base | {"text": value}
 
 
+_VALUE_COLUMNS = ("param", "system", "code", "text", "lo", "hi", "ref_type", "ref_id")
+
+
 def _dedupe(rows: list[dict]) -> list[dict]:
+    """One row per distinct value; the rows of one resource differ only in these columns."""
     seen: set[tuple] = set()
     unique = []
     for row in rows:
-        key = tuple(sorted((k, v) for k, v in row.items() if v is not None))
+        key = tuple(row[column] for column in _VALUE_COLUMNS)
         if key not in seen:
             seen.add(key)
             unique.append(row)

@@ -321,8 +321,7 @@ class Repository:
         rows = index_rows(resource_type, resource_id, resource, self.tz)
         for row in rows:
             appends.add(self.conn, schema.search_index, row)
-        start = next((row["lo"] for row in rows if row["param"] == "start"), None)
-        slot_offers.refresh(self.conn, resource_type, resource_id, resource, start)
+        slot_offers.refresh(self.conn, resource_type, resource_id, resource, rows)
         pos = position(resource_type, resource)
         if pos:
             row = {"type": resource_type, "id": resource_id, "latitude": pos[0], "longitude": pos[1]}

@@ -10,9 +10,22 @@ from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy import Connection, String, and_, bindparam, delete, exists, func, insert, not_, select, true
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    true,
+)
 
-from terminhub.store import appends, schema
+from terminhub.store import appends, hot_reads, schema
 from terminhub.store.indexer import split_reference, walk
 
 OFFERS = schema.slot_offers
@@ -49,15 +62,27 @@ def forget(conn: Connection, resource_type: str, resource_id: str) -> None:
         conn.execute(delete(OFFERS).where(OFFERS.c.schedule_id == resource_id, OFFERS.c.inherited.is_(True)))
 
 
-def refresh(
-    conn: Connection, resource_type: str, resource_id: str, resource: dict, start: int | None
-) -> None:
-    """Write the offers of a Slot just indexed, or of the inheriting Slots of a Schedule just indexed."""
+def refresh(conn: Connection, resource_type: str, resource_id: str, resource: dict, rows: list[dict]) -> None:
+    """Write the offers of a Slot just indexed (`rows`: its index rows), or of the inheriting Slots of a
+    Schedule just indexed, whose codings its index rows tell."""
     if resource_type == "Slot":
+        start = next((row["lo"] for row in rows if row["param"] == "start"), None)
         _refresh_slot(conn, resource_id, resource, start)
     elif resource_type == "Schedule":
-        _known_codings(conn).pop(resource_id, None)
+        _known_codings(conn)[resource_id] = _codings_of(rows)
         _refresh_schedule(conn, resource_id)
+
+
+def inherit(conn: Connection, schedule_id: str) -> None:
+    """The Slots of a stored Schedule that have no codings of their own take its codings as indexed."""
+    _known_codings(conn).pop(schedule_id, None)
+    _refresh_schedule(conn, schedule_id)
+
+
+def _codings_of(rows: list[dict]) -> list[tuple[str, str]]:
+    """What `schedule_codings` reads back from these index rows once they are written."""
+    found = {(row["system"] or "", row["code"]) for row in rows if row["param"] in OFFER_PARAMS}
+    return sorted(coding for coding in found if coding[1] is not None)
 
 
 def _refresh_slot(conn: Connection, slot_id: str, resource: dict, start: int | None) -> None:
@@ -77,12 +102,23 @@ def _refresh_slot(conn: Connection, slot_id: str, resource: dict, start: int | N
 
 def schedule_codings(conn: Connection, schedule_id: str) -> list[tuple[str, str]]:
     """A Schedule's offered codings as indexed, read once per transaction: a Bundle of its 1,000 Slots
-    asks 1,000 times. The answer is forgotten when the Schedule is re-indexed or a savepoint rolled back."""
+    asks 1,000 times. A Schedule indexed in this transaction left its codings here as it was indexed, so
+    the read needs none of the transaction's waiting rows and does not flush them (a Bundle of Slots of
+    a hundred Schedules flushed a hundred times). The answers are forgotten when a savepoint is rolled
+    back; the rows of Schedules indexed before the savepoint were flushed as it began."""
     known = _known_codings(conn)
     if schedule_id not in known:
-        query = select(_system(), S.c.code).distinct().where(*_schedule_codings(schedule_id))
-        known[schedule_id] = sorted((row[0], row[1]) for row in conn.execute(query))
+        params = {"schedule_id": schedule_id}
+        rows = hot_reads.rows(conn, _codings_statement(), params, flush=False)
+        known[schedule_id] = sorted((row[0], row[1]) for row in rows)
     return known[schedule_id]
+
+
+@cache
+def _codings_statement():  # noqa: ANN202 - a statement
+    """Built once: a Bundle of Slots of a hundred Schedules asks for a hundred Schedules' codings."""
+    schedule_id = bindparam("schedule_id", type_=String)
+    return select(_system(), S.c.code).distinct().where(*_schedule_codings(schedule_id))
 
 
 def _known_codings(conn: Connection) -> dict[str, list[tuple[str, str]]]:
@@ -147,6 +183,6 @@ def _schedule_codings(schedule_id, table=S) -> list:  # noqa: ANN001 - an id or 
     return [
         table.c.type == "Schedule",
         table.c.id == schedule_id,
-        table.c.param.in_(OFFER_PARAMS),
+        or_(*(table.c.param == param for param in OFFER_PARAMS)),  # not IN: a list to expand (hot_reads)
         table.c.code.is_not(None),
     ]

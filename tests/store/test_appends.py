@@ -137,3 +137,39 @@ def test_a_statement_on_other_tables_leaves_the_rows_waiting(db: Database) -> No
             select(func.count()).select_from(owners).where(owners.c.bsnr == "700000003")
         ).scalar_one()
         assert appends.waiting(conn) == 0
+
+
+@pytest.mark.parametrize("rows", [1, 3 * appends.COPY_FROM_ROWS])
+def test_a_resource_created_meanwhile_refuses_only_the_savepoint_that_flushed_it(
+    db: Database, rows: int
+) -> None:
+    """A batch Bundle flushes each entry inside its savepoint: the conflict is that entry's alone, and the
+    transaction goes on with the next entry."""
+    kind = f"Savepoint{rows}"
+    with db.transaction(write=True) as conn:
+        _created(conn, kind, "taken")
+    with db.transaction(write=True) as conn:
+        with pytest.raises(FhirError) as refused, conn.begin_nested():
+            for n in range(rows):
+                _created(conn, kind, f"refused-{n}")
+            _created(conn, kind, "taken")
+            appends.flush(conn)
+        assert refused.value.code == "version-conflict"
+        with conn.begin_nested():
+            _created(conn, kind, "next")
+            appends.flush(conn)
+    r = schema.resources
+    with db.transaction() as conn:
+        kept = set(conn.execute(select(r.c.id).where(r.c.type == kind)).scalars())
+    assert kept == {"taken", "next"}
+
+
+def test_a_statement_run_without_flush_leaves_the_rows_waiting(db: Database) -> None:
+    """Its caller knows it needs none of them (the codings of a Schedule indexed in this transaction)."""
+    with db.transaction(write=True) as conn:
+        _created(conn, "WithoutFlush", "one")
+        query = select(func.count()).select_from(schema.resources)
+        conn.execute(query, execution_options=appends.WITHOUT_FLUSH).scalar_one()
+        assert appends.waiting(conn) == 2
+        conn.execute(query).scalar_one()
+        assert appends.waiting(conn) == 0

@@ -79,8 +79,23 @@ def test_a_transaction_that_changed_the_directory_reads_past_the_cache(db: Datab
     assert own is not shared and not own.shared
 
 
-def test_the_cache_starts_again_when_full(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(directory_cache, "MAX_ENTRIES", 2)
+def test_the_cache_starts_again_when_it_holds_its_most_resources(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(directory_cache, "MAX_RESOURCES", 2)
     full = _cache(db)
-    full.derived.update({"a": 1, "b": 2})
+    full.derived.update({"a": 1, "b": 2, "c": 3})
+    assert _cache(db) is full  # derived answers count against their own limit
+    full.stored.update({("Location", "a"): None, ("Location", "b"): None})
+    assert _cache(db) is not full
+
+
+def test_the_cache_starts_again_when_it_holds_its_most_derived_answers(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(directory_cache, "MAX_DERIVED", 3)
+    full = _cache(db)
+    full.stored.update({("Location", "a"): None, ("Location", "b"): None, ("Location", "c"): None})
+    assert _cache(db) is full  # resources count against their own limit
+    full.derived.update({"a": 1, "b": 2, "c": 3})
     assert _cache(db) is not full

@@ -44,7 +44,7 @@ def upgrade() -> None:
     conn.execute(insert(schema.slot_offers).from_select(columns, own))
     schedules = select(S.c.ref_id).distinct().where(S.c.type == "Slot", S.c.param == "schedule")
     for (schedule_id,) in conn.execute(schedules).all():
-        slot_offers.refresh(conn, "Schedule", schedule_id, {}, None)
+        slot_offers.inherit(conn, schedule_id)
 
 
 def downgrade() -> None:
