@@ -20,7 +20,7 @@ from terminhub.api.references import references
 from terminhub.clock import instant
 from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.searchparams import RESOURCE_TYPES
-from terminhub.fhir.validation import valid_id, validate
+from terminhub.fhir.validation import valid_id, validate_bundle_shell
 from terminhub.store import appends
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
@@ -33,7 +33,7 @@ def process(ctx: Context, bundle: dict, route: Callable[[Context, Any], Reply]) 
     kind = bundle.get("type")
     if kind not in ("batch", "transaction"):
         raise FhirError("invalid", "The Bundle type must be batch or transaction.")
-    validate(_without_resources(bundle), "Bundle")
+    validate_bundle_shell(_without_resources(bundle))
     entries = bundle.get("entry") or []
     ctx.audit_entity = None
     _plan_each_statement(ctx)
