@@ -101,18 +101,11 @@ class Repository:
         if not for_update and (known := seen.get(key)) is not None:
             return known
         query = _GET_FOR_UPDATE if for_update else _GET
-        row = self.conn.execute(query, {"type": resource_type, "id": resource_id}).first()
-        if row is None:
+        rows = hot_reads.rows(self.conn, query, {"type": resource_type, "id": resource_id})
+        if not rows:
             return None
-        stored = Stored(
-            resource_type,
-            resource_id,
-            row.version_id,
-            row.last_updated,
-            row.deleted,
-            row.content,
-            row.created_by,
-        )
+        version_id, last_updated, deleted, content, created_by = rows[0]
+        stored = Stored(resource_type, resource_id, version_id, last_updated, deleted, content, created_by)
         if for_update:
             self._remember_locked(stored)
         else:
