@@ -112,7 +112,10 @@ class FhirEndpoint:
             return self.render(Reply(exc.status, exc.outcome(), exc.headers), fmt)
         call = Call(request.method, segments, params, body, content_type, dict(request.headers))
         if _is_read_by_id(call):
-            reply = self.execute(caller, call, fmt)
+            outcome = self.attempt(caller, call, fmt)
+            if isinstance(outcome, Refusal):  # its AuditEvent is a write: it may wait, so not in the loop
+                outcome = await run_in_threadpool(self.refuse, caller, call, outcome)
+            reply = outcome
         else:
             reply = await run_in_threadpool(self.execute, caller, call, fmt)
         return self.render(reply, fmt, pretty=_first(params, "_pretty") == "true")
@@ -188,6 +191,17 @@ class FhirEndpoint:
 
     def execute(self, caller: Caller, call: Call, fmt: str) -> Reply:
         """Run one request in one transaction; a refusal rolls back and is audited on its own."""
+        outcome = self.attempt(caller, call, fmt)
+        return self.refuse(caller, call, outcome) if isinstance(outcome, Refusal) else outcome
+
+    def refuse(self, caller: Caller, call: Call, refusal: Refusal) -> Reply:
+        """Audit a refused request in a transaction of its own and answer with its OperationOutcome."""
+        exc = refusal.error
+        self.audit_refusal(caller, call.method, call.segments, exc, refusal.ctx)
+        return Reply(exc.status, exc.outcome(), exc.headers)
+
+    def attempt(self, caller: Caller, call: Call, fmt: str) -> Reply | Refusal:
+        """One request in one transaction (rolled back where it is refused)."""
         ctx: Context | None = None
         try:
             # Code searches keep paging state; a practice's feed polls are counted in the database.
@@ -215,8 +229,7 @@ class FhirEndpoint:
                     self.write_audit(ctx.repo, caller, ctx.interaction, reply.status, ctx.audit_entity)
                 return reply
         except FhirError as exc:
-            self.audit_refusal(caller, call.method, call.segments, exc, ctx)
-            return Reply(exc.status, exc.outcome(), exc.headers)
+            return Refusal(exc, ctx)
 
     def route(self, ctx: Context, call: Call) -> Reply:
         seg, method = call.segments, call.method
@@ -381,10 +394,19 @@ def _form_params(body: bytes, content_type: str | None) -> list[tuple[str, str]]
         raise FhirError("invalid", "The form body is not UTF-8.") from exc
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused and rolled back, its AuditEvent still to be written."""
+
+    error: FhirError
+    ctx: Context | None
+
+
 def _is_read_by_id(call: Call) -> bool:
     """GET [type]/[id] without parameters: one indexed query outside a transaction block, run in the event
     loop itself. Handing it to a worker thread and back cost more than the read (Slot reads over HTTP, two
-    runs: 830 → 1,810 and 763 → 1,009 req/s); longer requests keep their thread, so none holds the loop."""
+    runs: 830 → 1,810 and 763 → 1,009 req/s); longer requests keep their thread, so none holds the loop,
+    and so does a refused read's AuditEvent (a write, which may wait for a lock)."""
     by_id = len(call.segments) == 2 and call.segments[1][0] not in "_$"
     return call.method == "GET" and by_id and not call.params
 

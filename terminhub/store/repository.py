@@ -314,7 +314,8 @@ class Repository:
         rows = index_rows(resource_type, resource_id, resource, self.tz)
         for row in rows:
             appends.add(self.conn, schema.search_index, row)
-        slot_offers.refresh(self.conn, resource_type, resource_id, resource, rows)
+        start = next((row["lo"] for row in rows if row["param"] == "start"), None)
+        slot_offers.refresh(self.conn, resource_type, resource_id, resource, start)
         pos = position(resource_type, resource)
         if pos:
             row = {"type": resource_type, "id": resource_id, "latitude": pos[0], "longitude": pos[1]}

@@ -62,14 +62,15 @@ def forget(conn: Connection, resource_type: str, resource_id: str) -> None:
         conn.execute(delete(OFFERS).where(OFFERS.c.schedule_id == resource_id, OFFERS.c.inherited.is_(True)))
 
 
-def refresh(conn: Connection, resource_type: str, resource_id: str, resource: dict, rows: list[dict]) -> None:
-    """Write the offers of a Slot just indexed (`rows`: its index rows), or of the inheriting Slots of a
-    Schedule just indexed, whose codings its index rows tell."""
+def refresh(
+    conn: Connection, resource_type: str, resource_id: str, resource: dict, start: int | None
+) -> None:
+    """Write the offers of a Slot just indexed, or of the inheriting Slots of a Schedule just indexed
+    (whose codings are then known: they are what its index rows hold)."""
     if resource_type == "Slot":
-        start = next((row["lo"] for row in rows if row["param"] == "start"), None)
         _refresh_slot(conn, resource_id, resource, start)
     elif resource_type == "Schedule":
-        _known_codings(conn)[resource_id] = _codings_of(rows)
+        _known_codings(conn)[resource_id] = sorted(own_codings(resource))
         _refresh_schedule(conn, resource_id)
 
 
@@ -77,12 +78,6 @@ def inherit(conn: Connection, schedule_id: str) -> None:
     """The Slots of a stored Schedule that have no codings of their own take its codings as indexed."""
     _known_codings(conn).pop(schedule_id, None)
     _refresh_schedule(conn, schedule_id)
-
-
-def _codings_of(rows: list[dict]) -> list[tuple[str, str]]:
-    """What `schedule_codings` reads back from these index rows once they are written."""
-    found = {(row["system"] or "", row["code"]) for row in rows if row["param"] in OFFER_PARAMS}
-    return sorted(coding for coding in found if coding[1] is not None)
 
 
 def _refresh_slot(conn: Connection, slot_id: str, resource: dict, start: int | None) -> None:
