@@ -33,7 +33,7 @@ from terminhub.fhir import capability, media
 from terminhub.fhir.outcome import FhirError
 from terminhub.fhir.searchparams import RESOURCE_TYPES
 from terminhub.fhir.validation import valid_id
-from terminhub.store.database import Database
+from terminhub.store.database import Database, WriteNeeded
 from terminhub.store.repository import Actor, Repository
 
 log = logging.getLogger("terminhub.fhir")
@@ -54,9 +54,18 @@ def on_refusal(hook: RefusalHook) -> None:
         REFUSAL_HOOKS.append(hook)
 
 
-def register_operation(resource_type: str | None, name: str, handler: Operation) -> None:
+# POSTed operations that mostly only read: they run as reads, and again as writes where they raise
+# `WriteNeeded` (a code search writes only as its window opens or is found ended).
+READS_FIRST: set[tuple[str | None, str]] = set()
+
+
+def register_operation(
+    resource_type: str | None, name: str, handler: Operation, *, reads_first: bool = False
+) -> None:
     """Faces register `$name` handlers (type-level or system-level when resource_type is None)."""
     OPERATIONS[(resource_type, name)] = handler
+    if reads_first:
+        READS_FIRST.add((resource_type, name))
 
 
 @dataclass
@@ -202,13 +211,21 @@ class FhirEndpoint:
 
     def attempt(self, caller: Caller, call: Call, fmt: str) -> Reply | Refusal:
         """One request in one transaction (rolled back where it is refused)."""
+        # Code searches keep paging state; a practice's feed polls are counted in the database.
+        write = call.method != "GET" or names_code(call.params) or polls_feed_call(caller, call)
+        if caller.role == "practice" and feed_rules.is_feed_search(call.method, call.segments):
+            # 2.4: a practice's Provenance search first writes down what has expired meanwhile.
+            sweep.run_jobs(self.db, self.settings, EXPIRY_JOBS)
+        if write and _reads_first(call):
+            try:
+                return self._attempt(caller, call, fmt, write=False)
+            except WriteNeeded:
+                pass  # nothing was written: the read ran outside a transaction or rolled back
+        return self._attempt(caller, call, fmt, write=write)
+
+    def _attempt(self, caller: Caller, call: Call, fmt: str, *, write: bool) -> Reply | Refusal:
         ctx: Context | None = None
         try:
-            # Code searches keep paging state; a practice's feed polls are counted in the database.
-            write = call.method != "GET" or names_code(call.params) or polls_feed_call(caller, call)
-            if caller.role == "practice" and feed_rules.is_feed_search(call.method, call.segments):
-                # 2.4: a practice's Provenance search first writes down what has expired meanwhile.
-                sweep.run_jobs(self.db, self.settings, EXPIRY_JOBS)
             with self.db.transaction(write=write) as conn:
                 clock = Clock()
                 if self.settings.test_clock:
@@ -400,6 +417,14 @@ class Refusal:
 
     error: FhirError
     ctx: Context | None
+
+
+def _reads_first(call: Call) -> bool:
+    """A POST of an operation registered `reads_first` (system or type level, not on an instance)."""
+    seg = call.segments
+    if call.method != "POST" or not seg or not seg[-1].startswith("$") or len(seg) > 2:
+        return False
+    return (seg[0] if len(seg) == 2 else None, seg[-1][1:]) in READS_FIRST
 
 
 def _is_read_by_id(call: Call) -> bool:

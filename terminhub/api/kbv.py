@@ -911,4 +911,5 @@ for _operation_def, _handler in (
     (STATUS, code_status),
 ):
     capability.register_operation(_operation_def)
-    fhir_endpoint.register_operation(None, _operation_def.code, _handler)
+    reads_first = _handler is search_slots  # it writes only as the code's window opens or has ended
+    fhir_endpoint.register_operation(None, _operation_def.code, _handler, reads_first=reads_first)

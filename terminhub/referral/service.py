@@ -19,6 +19,7 @@ from terminhub.fhir.outcome import FhirError
 from terminhub.referral import code as codes
 from terminhub.referral.urgency import SNOMED, SNOMED_OF, priority_element, window_us
 from terminhub.store import counters, schema
+from terminhub.store.database import WriteNeeded, is_writer
 from terminhub.store.repository import HUB, Repository, Stored
 
 T = schema.referrals
@@ -212,7 +213,9 @@ class ReferralService:
         row = self.conn.execute(select(T).where(T.c.code == codes.normalise(raw))).first()
         if row is not None and row.window_start is not None and row.window_end > self.now:
             return self._load(row)
-        return self.lookup(raw, client_id, for_update=True)
+        if row is not None and not is_writer(self.conn):
+            raise WriteNeeded  # the window opens now, or its end is to be written down
+        return self.lookup(raw, client_id, for_update=row is not None)
 
     def _load(self, row) -> Referral:  # noqa: ANN001
         stored = self.repo.get("ServiceRequest", row.service_request_id)

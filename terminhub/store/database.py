@@ -77,6 +77,17 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 READ_ONLY = "terminhub.read_only"
+
+
+class WriteNeeded(Exception):  # noqa: N818 - a signal, not an error
+    """A request run as a read found that it has to write after all; it runs again as a writer."""
+
+
+def is_writer(conn: Connection) -> bool:
+    """Whether this unit of work was opened to write (`Database.transaction(write=True)`)."""
+    return bool(conn.get_execution_options().get("write"))
+
+
 _WRITES = ("INSERT", "UPDATE", "DELETE", "COPY", "MERGE")
 
 

@@ -9,6 +9,8 @@ must use the referral-free codings, so their results are narrowed to this module
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -558,6 +560,29 @@ def test_windows(
         call(third, "buchungsinformationen_abrufen", code),
     ):
         assert_error(reply, 409, "code-expired")
+
+
+def test_search_in_an_open_window_does_not_wait_for_writers(
+    world: World, server: Server, referrer: httpx.Client, third: httpx.Client
+) -> None:
+    """Once its window is open a code's search only reads: on SQLite, which lets one writer at a time,
+    searches go on while another transaction holds the write lock (the first search, which opens the
+    window, writes)."""
+    if server.backend != "sqlite":
+        pytest.skip("PostgreSQL has no database-wide write lock")
+    lm = world.lm()
+    slot = world.slot(world.schedule([lm]), 2)
+    code = issue(referrer, [lm])
+    assert found_slots(search(third, code)) == [slot]  # opens the window
+    writer = sqlite3.connect(server.database_url.split("///", 1)[1], isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        assert found_slots(search(third, code)) == [slot]
+        assert time.monotonic() - started < 5  # the busy timeout is 30 s
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_window_opens_at_first_booking_and_active_code_stays(
