@@ -10,7 +10,7 @@ in a link, an audit entity or a log line. Importing the module registers the ope
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from itertools import islice
@@ -52,7 +52,6 @@ FORMULARE = ("muster6", "ptv11")
 TERMINTYPEN = ("praesenz", "video")
 REFERRER_ONLY = ("bsnr", "ueberweisenderArzt", "patient", "formular")
 PRIORITY_RANK = {"asap": 1, "urgent": 2, "routine": 5}
-BATCH = 200  # candidates judged by place and appointment type at a time
 
 
 def _param(name: str, use: str, card: tuple[int, str], fhir_type: str, documentation: str) -> OperationParam:
@@ -408,13 +407,15 @@ def _matching_slots(
     """Free Slots with start in [lo, hi) that pass the filter, in (start, id) order: page `skip`…+count.
 
     Candidates come from the offer rows by start; those whose place (their Schedule's, from the directory
-    cache) or appointment type cannot match are dropped before any Slot is read."""
+    cache) or appointment type cannot match are dropped before their claims or the Slots are read."""
     if lo >= hi:
         return []
     repo = wanted.directory = _CachingRepo(ctx.repo)
     found: list[Stored] = []
-    candidates = free_slots(ctx.conn, list(wanted.ref.leistungsmerkmale), lo, hi, ctx.clock.now_us())
-    kept = (c for chunk in _batched(candidates, BATCH) for c in _may_match(repo, wanted, chunk))
+    codings = list(wanted.ref.leistungsmerkmale)
+    kept = free_slots(
+        ctx.conn, codings, lo, hi, ctx.clock.now_us(), lambda offers: _may_match(repo, wanted, offers)
+    )
     while len(found) < skip + count:
         # Slots are read a page's worth at a time: most candidates left pass, and few are read in vain.
         chunk = list(islice(kept, max(20, skip + count - len(found))))
@@ -429,11 +430,6 @@ def _matching_slots(
                 if len(found) >= skip + count:
                     break
     return ctx.present(found[skip : skip + count])
-
-
-def _batched(items: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
-    while chunk := list(islice(items, size)):
-        yield chunk
 
 
 def _may_match(repo: _CachingRepo, wanted: SlotFilter, chunk: list[Candidate]) -> list[Candidate]:

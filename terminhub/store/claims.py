@@ -91,14 +91,12 @@ def get(conn: Connection, slot_id: str, *, for_update: bool = False) -> Claim | 
     return Claim(**row._mapping) if row else None
 
 
-def open_at(now: int, owner: str | None = None, claim=C):  # noqa: ANN001, ANN202 - a table; a SQL expression
-    """Neither booked nor held by someone else at `now`, and free as its practice set it (`claim`: the
-    claims table or a subquery of its rows)."""
-    c = claim.c
-    hold_ok = or_(c.hold_owner.is_(None), c.held_until <= now)
+def open_at(now: int, owner: str | None = None):  # noqa: ANN202 - a SQL expression
+    """Neither booked nor held by someone else at `now`, and free as its practice set it."""
+    hold_ok = or_(C.c.hold_owner.is_(None), C.c.held_until <= now)
     if owner is not None:
-        hold_ok = or_(hold_ok, c.hold_owner == owner)
-    return and_(c.base_status == "free", or_(c.appointment_id.is_(None), c.claim_until <= now), hold_ok)
+        hold_ok = or_(hold_ok, C.c.hold_owner == owner)
+    return and_(C.c.base_status == "free", or_(C.c.appointment_id.is_(None), C.c.claim_until <= now), hold_ok)
 
 
 def take_hold(conn: Connection, slot_id: str, owner: str, now: int, until: int) -> bool:

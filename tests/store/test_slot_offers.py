@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from terminhub.clock import FixedClock, to_us
 from terminhub.store import claims, schema, slot_offers
 from terminhub.store.database import Database
-from terminhub.store.free_slots import free_slot_ids
+from terminhub.store.free_slots import PAGE, Candidate, free_slot_ids, free_slots
 from terminhub.store.repository import Actor, Repository
 from tests.support.unit_db import BACKEND_PARAMS, migrated_database
 
@@ -198,3 +198,29 @@ def test_a_schedule_change_rolled_back_with_its_savepoint_is_not_offered(db: Dat
         repo.save("Slot", third[1], resource_id=third[0])
     assert w.offers(first[0]) == w.offers(third[0]) == {(FG, "kept", True)}
     assert w.offers(second[0]) == set()
+
+
+def test_a_narrowed_page_leaves_only_the_kept_offers_in_order(db: Database) -> None:
+    code = f"k-{uuid.uuid4().hex[:6]}"
+    w = World(db, code)
+    ids = [w.slot(n, n) for n in range(450)]
+    pages: list[int] = []
+
+    def even(page: list[Candidate]) -> list[Candidate]:
+        pages.append(len(page))
+        return [c for c in page if int(c.slot_id.rsplit("-", 1)[1]) % 2 == 0]
+
+    lo, hi = to_us(START - timedelta(days=1)), to_us(START + timedelta(days=30))
+    with db.transaction() as conn:
+        found = [c.slot_id for c in free_slots(conn, [(FG, code)], lo, hi, NOW, keep=even)]
+    assert found == ids[::2]
+    assert pages == [PAGE, PAGE, 50]
+
+
+def test_a_slot_without_a_claim_row_is_free_by_its_stored_status(db: Database) -> None:
+    code = f"u-{uuid.uuid4().hex[:6]}"
+    w = World(db, code)
+    free, unavailable = w.slot(1, 0), w.slot(2, 15, status="busy-unavailable")
+    with db.transaction(write=True) as conn:
+        conn.execute(delete(schema.slot_claims).where(schema.slot_claims.c.slot_id.in_([free, unavailable])))
+    assert w.free(code) == [free]
