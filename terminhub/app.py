@@ -26,7 +26,7 @@ from terminhub.booking import events, expiry
 from terminhub.config import Settings
 from terminhub.referral import service as referral_service
 from terminhub.store import feed
-from terminhub.store.database import CONNECTIONS_PER_PROCESS, Database
+from terminhub.store.database import Database
 
 log = logging.getLogger("terminhub")
 FHIR_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
@@ -34,7 +34,7 @@ FHIR_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=settings.request_threads)
     with db.transaction() as conn:
         key = load_signing_key(conn, settings)
     tokens = TokenService(key, settings.token_minutes, settings.base_url)
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         # As many request threads as pooled connections (see CONNECTIONS_PER_PROCESS).
-        anyio.to_thread.current_default_thread_limiter().total_tokens = CONNECTIONS_PER_PROCESS
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         task = asyncio.create_task(sweep.loop(db, settings))
         try:
             yield

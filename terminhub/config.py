@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     test_clock: bool = False
     sweep_interval_s: float = Field(default=30, description="seconds between sweeps (at most 60)")
     client_recheck_s: float = 60
+    # request threads, each with a pooled connection, per process (terminhub/store/database.py: why two)
+    request_threads: int = Field(default=2, ge=1)
 
     @property
     def fhir_base(self) -> str:
