@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from itertools import islice
 
+import orjson
+
 from terminhub.api import fhir_endpoint, rest
+from terminhub.api.bundles import embed
 from terminhub.api.context import Context, Reply
 from terminhub.api.fhir_endpoint import Call
 from terminhub.api.idempotent import replay_or_run
@@ -369,6 +372,7 @@ class SlotFilter:
     near: Near | None
     termintyp: str | None
     directory: _CachingRepo | None = None
+    offers: dict[str, Offer] = field(default_factory=dict)  # of the Slots judged, for the Bundle
 
 
 def search_slots(ctx: Context, call: Call) -> Reply:
@@ -452,7 +456,7 @@ def _place_matches(wanted: SlotFilter, place: Place) -> bool:
 
 
 def _passes(repo: _CachingRepo, wanted: SlotFilter, slot: Stored) -> bool:
-    found = offer(repo, slot)  # type: ignore[arg-type]
+    found = wanted.offers[slot.id] = offer(repo, slot)  # type: ignore[arg-type]
     ref = wanted.ref
     if not (
         found.schedule_active
@@ -502,17 +506,16 @@ def _place_of(repo: _CachingRepo, schedule: dict | None) -> Place:
 
 def _searchset(ctx: Context, wanted: SlotFilter, matches: list[Stored]) -> dict:
     """The Bundle; its only link is a self link without parameters (links never carry the code; clients
-    page with `page`)."""
+    page with `page`). Slots and Organizations go in as their stored bytes."""
     entries: list[dict] = [
-        {"fullUrl": f"{ctx.base}/Slot/{s.id}", "resource": s.resource(), "search": {"mode": "match"}}
+        {"fullUrl": f"{ctx.base}/Slot/{s.id}", "resource": embed(s), "search": {"mode": "match"}}
         for s in matches
     ]
     seen: set[tuple[str, str]] = set()
     repo = wanted.directory or _CachingRepo(ctx.repo)
     for slot in matches:
-        found = offer(repo, slot)  # type: ignore[arg-type]
-        for resource in _context_of(repo, wanted, found):
-            key = (resource["resourceType"], resource["id"])
+        found = wanted.offers.get(slot.id) or offer(repo, slot)  # type: ignore[arg-type]
+        for key, resource in _context_of(repo, wanted, found):
             if key not in seen:
                 seen.add(key)
                 entries.append(
@@ -533,18 +536,20 @@ def _searchset(ctx: Context, wanted: SlotFilter, matches: list[Stored]) -> dict:
     return bundle
 
 
-def _context_of(repo: _CachingRepo, wanted: SlotFilter, found: Offer) -> list[dict]:
-    """The Slot's Schedule, Organization and Location (those that exist)."""
-    out: list[dict] = []
+def _context_of(
+    repo: _CachingRepo, wanted: SlotFilter, found: Offer
+) -> list[tuple[tuple[str, str], dict | orjson.Fragment]]:
+    """The Slot's Schedule, Organization and Location (those that exist), each with its type and id."""
+    out: list[tuple[tuple[str, str], dict | orjson.Fragment]] = []
     if found.schedule is not None:
-        out.append(found.schedule)
+        out.append((("Schedule", found.schedule["id"]), found.schedule))
     place = _place(repo, wanted, found)
     if place.organization:
         stored = repo.get("Organization", place.organization)
         if stored is not None and not stored.deleted:
-            out.append(stored.resource())
+            out.append((("Organization", stored.id), embed(stored)))
     if place.location is not None and place.location.get("id"):
-        out.append(place.location)
+        out.append((("Location", place.location["id"]), place.location))
     return out
 
 
@@ -801,7 +806,9 @@ def booking_information(ctx: Context, call: Call) -> Reply:
     service.guard(ref, "info")
     appointment = _active_appointment(ctx, ref)
     ctx.audit_entity = f"Appointment/{appointment.id}"
-    resources = [appointment.resource()]
+    resources: list[tuple[tuple[str, str], dict | orjson.Fragment]] = [
+        (("Appointment", appointment.id), embed(appointment))
+    ]
     slot_id = _booked_slot(ctx, ref)
     slot = ctx.repo.get("Slot", slot_id) if slot_id else None
     if slot is not None and not slot.deleted:
@@ -820,7 +827,8 @@ def code_status(ctx: Context, call: Call) -> Reply:
     ref = service.lookup(raw, ctx.caller.client_id)
     ctx.audit_entity = f"ServiceRequest/{ref.service_request.id}"
     service.guard(ref, "status")
-    return Reply(200, _collection(ctx, [service.reduced(ref)]))
+    reduced = service.reduced(ref)
+    return Reply(200, _collection(ctx, [(("ServiceRequest", reduced.get("id", "")), reduced)]))
 
 
 # -- shared ---------------------------------------------------------------------------------------------
@@ -881,11 +889,11 @@ def _code_reply(ref: Referral) -> Reply:
     )
 
 
-def _collection(ctx: Context, resources: list[dict]) -> dict:
+def _collection(ctx: Context, resources: list[tuple[tuple[str, str], dict | orjson.Fragment]]) -> dict:
+    """A collection Bundle of resources, each given with its type and id."""
     seen: set[tuple[str, str]] = set()
     entries = []
-    for resource in resources:
-        key = (resource["resourceType"], resource.get("id", ""))
+    for key, resource in resources:
         if key in seen:
             continue
         seen.add(key)

@@ -7,10 +7,11 @@ one of two concurrent cancellations counts.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from terminhub.clock import Clock, from_us, instant
@@ -18,7 +19,7 @@ from terminhub.config import Settings
 from terminhub.fhir.outcome import FhirError
 from terminhub.referral import code as codes
 from terminhub.referral.urgency import SNOMED, SNOMED_OF, priority_element, window_us
-from terminhub.store import counters, schema
+from terminhub.store import counters, hot_reads, schema
 from terminhub.store.database import WriteNeeded, is_writer
 from terminhub.store.repository import HUB, Repository, Stored
 
@@ -66,6 +67,10 @@ def parse_codings(setting: str) -> set[Coding]:
         if value:
             found.add((system or None, value))
     return found
+
+
+_BY_CODE = select(T).where(T.c.code == bindparam("code"))  # every code search reads it: prepared
+_Row = namedtuple("_Row", [column.name for column in T.c])  # noqa: PYI024 - fields from the table
 
 
 class ReferralService:
@@ -210,7 +215,8 @@ class ReferralService:
         then changes nothing (a lock would make concurrent searches with one code wait for each other and
         turn each search into a write); with it where the window still has to open or has ended."""
         self._check_failures(client_id)
-        row = self.conn.execute(select(T).where(T.c.code == codes.normalise(raw))).first()
+        found = hot_reads.rows(self.conn, _BY_CODE, {"code": codes.normalise(raw)}, flush=False)
+        row = _Row._make(found[0]) if found else None
         if row is not None and row.window_start is not None and row.window_end > self.now:
             return self._load(row)
         if row is not None and not is_writer(self.conn):

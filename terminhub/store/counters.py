@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
-from terminhub.store import schema
+from terminhub.store import hot_reads, schema
 from terminhub.store.dialect import insert_for
 
 T = schema.rate_counters
@@ -28,12 +28,17 @@ def total(conn: Connection, client_id: str, kind: str, since_bucket: int) -> int
 
 
 def buckets(conn: Connection, client_id: str, kind: str, since_bucket: int) -> list[tuple[int, int]]:
-    query = (
-        select(T.c.bucket, T.c.count)
-        .where(T.c.client_id == client_id, T.c.kind == kind, T.c.bucket >= since_bucket)
-        .order_by(T.c.bucket)
-    )
-    return [(row[0], row[1]) for row in conn.execute(query)]
+    """The counts of `kind` by bucket from `since_bucket` on (every code look-up asks: prepared)."""
+    params = {"client_id": client_id, "kind": kind, "since": since_bucket}
+    return [(row[0], row[1]) for row in hot_reads.rows(conn, _BUCKETS, params, flush=False)]
+
+
+_BUCKETS = (
+    select(T.c.bucket, T.c.count)
+    .where(T.c.client_id == bindparam("client_id"), T.c.kind == bindparam("kind"))
+    .where(T.c.bucket >= bindparam("since"))
+    .order_by(T.c.bucket)
+)
 
 
 def forget_before(conn: Connection, kind: str, bucket: int) -> int:

@@ -8,9 +8,9 @@ number before it reads the data: a cache filled after reading number n holds dat
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
-from terminhub.store import schema
+from terminhub.store import hot_reads, schema
 
 DIRECTORY = "directory"
 NAMES = (DIRECTORY,)
@@ -47,5 +47,9 @@ def current(conn: Connection, name: str) -> int | None:
     Read once per transaction: what a transaction read after it may only be newer."""
     read = conn.info.setdefault(_READ, {})
     if name not in read:
-        read[name] = conn.execute(select(G.c.n).where(G.c.name == name)).scalar_one_or_none()
+        found = hot_reads.rows(conn, _NUMBER, {"name": name}, flush=False)
+        read[name] = found[0][0] if found else None
     return read[name]
+
+
+_NUMBER = select(G.c.n).where(G.c.name == bindparam("name"))  # read by every search: prepared
