@@ -72,10 +72,15 @@ def _range(value: Any, tz: ZoneInfo) -> tuple[int, int] | None:
     return None
 
 
-def index_rows(resource_type: str, resource_id: str, resource: dict, tz: ZoneInfo) -> list[dict]:
-    """All index rows of one resource (special parameters are answered at query time)."""
+def index_rows(
+    resource_type: str, resource_id: str, resource: dict, tz: ZoneInfo, only: frozenset[str] | None = None
+) -> list[dict]:
+    """All index rows of one resource (special parameters are answered at query time), or those of the
+    parameters named in `only`."""
     rows: list[dict] = []
     for param in searchparams.PARAMS.get(resource_type, {}).values():
+        if only is not None and param.name not in only:
+            continue
         for path in param.paths:
             for value in walk(resource, path):
                 rows.extend(_rows_for(param, value, tz))
@@ -137,6 +142,21 @@ def _dedupe(rows: list[dict]) -> list[dict]:
             seen.add(key)
             unique.append(row)
     return unique
+
+
+def params_on(resource_type: str, elements: frozenset[str]) -> frozenset[str]:
+    """The parameters whose values come from these top-level elements of a resource."""
+    key = (resource_type, elements)
+    if key not in _PARAMS_ON:
+        _PARAMS_ON[key] = frozenset(
+            param.name
+            for param in searchparams.PARAMS.get(resource_type, {}).values()
+            if any(path.split(".", 1)[0] in elements for path in param.paths)
+        )
+    return _PARAMS_ON[key]
+
+
+_PARAMS_ON: dict[tuple[str, frozenset[str]], frozenset[str]] = {}  # few keys: the elements updates change
 
 
 def position(resource_type: str, resource: dict) -> tuple[float, float] | None:

@@ -17,7 +17,7 @@ from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, delete,
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
 from terminhub.store import appends, feed, generations, hot_reads, schema, slot_offers
-from terminhub.store.indexer import index_rows, position
+from terminhub.store.indexer import index_rows, params_on, position
 
 NO_OUTBOX = frozenset({"AuditEvent", "Provenance", "OperationDefinition", "SearchParameter"})
 
@@ -184,7 +184,8 @@ class Repository:
         self._record(resource_type, resource_id, version, now, method, content)
         previous = current.content if current and not current.deleted else None
         self._note(resource_type, resource_id, version, method, content, previous)
-        self._reindex(resource_type, resource_id, orjson.loads(content), fresh=current is None)
+        before = orjson.loads(previous) if previous else None
+        self._reindex(resource_type, resource_id, orjson.loads(content), fresh=current is None, before=before)
         saved = Stored(
             resource_type,
             resource_id,
@@ -306,9 +307,26 @@ class Repository:
                 content=content,
             )
 
-    def _reindex(self, resource_type: str, resource_id: str, resource: dict, *, fresh: bool = False) -> None:
-        """Index rows of the new version; a `fresh` resource (no row before this save) has none to clear."""
+    def _reindex(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict,
+        *,
+        fresh: bool = False,
+        before: dict | None = None,
+    ) -> None:
+        """Index rows of the new version; a `fresh` resource (no row before this save) has none to clear.
+
+        Given the version `before` it, only the parameters of the elements that changed are written again,
+        where no offer or position rests on them: a booking changes a Slot's status alone, and rewrote
+        all its index and offer rows for it."""
         feed.reindexed(self.conn, resource_type)
+        if before is not None:
+            changed = _changed_elements(before, resource)
+            if not changed & _DERIVED_FROM:
+                self._reindex_params(resource_type, resource_id, resource, params_on(resource_type, changed))
+                return
         if not fresh:
             self._clear_index(resource_type, resource_id)
         rows = index_rows(resource_type, resource_id, resource, self.tz)
@@ -321,6 +339,19 @@ class Repository:
             row = {"type": resource_type, "id": resource_id, "latitude": pos[0], "longitude": pos[1]}
             appends.add(self.conn, schema.positions, row)
 
+    def _reindex_params(
+        self, resource_type: str, resource_id: str, resource: dict, params: frozenset[str]
+    ) -> None:
+        """The index rows of `params` only, written again."""
+        if not params:
+            return
+        s = schema.search_index
+        self.conn.execute(
+            delete(s).where(s.c.type == resource_type, s.c.id == resource_id, s.c.param.in_(sorted(params)))
+        )
+        for row in index_rows(resource_type, resource_id, resource, self.tz, only=params):
+            appends.add(self.conn, s, row)
+
     def _clear_index(self, resource_type: str, resource_id: str) -> None:
         feed.reindexed(self.conn, resource_type)
         s, p = schema.search_index, schema.positions
@@ -328,6 +359,16 @@ class Repository:
         slot_offers.forget(self.conn, resource_type, resource_id)
         if resource_type == "Location":
             self.conn.execute(delete(p).where(and_(p.c.type == resource_type, p.c.id == resource_id)))
+
+
+# Top-level elements that rows beside the index rest on: a Slot's or Schedule's offers (slot_offers) and
+# a Location's position (positions). A change of one of them re-indexes the whole resource.
+_DERIVED_FROM = frozenset({"specialty", "serviceType", "schedule", "appointmentType", "start", "position"})
+
+
+def _changed_elements(before: dict, after: dict) -> frozenset[str]:
+    """The top-level elements that differ between two versions (meta always does, and is not indexed)."""
+    return frozenset(k for k in before.keys() | after.keys() if k != "meta" and before.get(k) != after.get(k))
 
 
 # The statements of every write, built once: building one costs more than running it on SQLite.

@@ -233,6 +233,50 @@ def test_index_rows_are_replaced_on_update(store: Store) -> None:
     assert {r[2] for r in _index(store, "Patient", stored.id, "family")} == {"neu"}
 
 
+def _all_index_rows(store: Store, resource_type: str, resource_id: str) -> list[tuple]:
+    rows = store.rows(schema.search_index, type=resource_type, id=resource_id)
+    return sorted((r.param, r.system, r.code, r.text, r.lo, r.hi, r.ref_type, r.ref_id) for r in rows)
+
+
+def _offers(store: Store, slot_id: str) -> list[tuple]:
+    return sorted(tuple(r)[1:5] for r in store.rows(schema.slot_offers, slot_id=slot_id))
+
+
+def _slot(status: str, minutes: int = 0, code: str = "01", **extra: object) -> dict:
+    start = to_us(START) + minutes * 60_000_000
+    return {
+        "resourceType": "Slot",
+        "status": status,
+        "specialty": [{"coding": [{"system": "urn:test:fg", "code": code}]}],
+        "start": instant(start),
+        "end": instant(start + 15 * 60_000_000),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"status": "busy"},
+        {"status": "busy", "comment": "gebucht"},
+        {"specialty": [{"coding": [{"system": "urn:test:fg", "code": "02"}]}]},
+        {"start": instant(to_us(START) + 3_600_000_000), "end": instant(to_us(START) + 4_500_000_000)},
+    ],
+    ids=["status", "status-and-comment", "specialty", "start"],
+)
+def test_after_an_update_index_and_offer_rows_are_those_of_the_new_version(
+    store: Store, change: dict
+) -> None:
+    """An update may write again only the rows of what changed; what is stored is always exactly what the
+    new version, indexed afresh, would have."""
+    slot = store("save", "Slot", _slot("free", comment="frei"))
+    updated = store("save", "Slot", _slot("free", comment="frei") | change, resource_id=slot.id)
+    fresh = store("save", "Slot", orjson.loads(updated.content))  # the same Slot under a new id
+    assert _all_index_rows(store, "Slot", slot.id) == _all_index_rows(store, "Slot", fresh.id)
+    assert _offers(store, slot.id) == _offers(store, fresh.id)
+    assert _offers(store, slot.id)
+
+
 def test_index_rows_are_removed_on_delete(store: Store) -> None:
     stored = store("save", "Patient", patient("Weg"))
     store("delete", "Patient", stored.id)
