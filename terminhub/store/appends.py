@@ -45,14 +45,37 @@ _FORGET_HOOKS: list = []  # caches built on rows a rolled-back savepoint takes a
 COPY_FROM_ROWS = 50
 
 
+_KEYS = "terminhub.appends.keys"  # resources and search_index: the (type, id) of their waiting rows
+_KEYED = (schema.resources, schema.search_index)
+
+
 def add(conn: Connection, table: Table, row: dict) -> None:
     """Keep a row of one of `TABLES` for the transaction's next flush."""
     conn.info.setdefault(_ROWS, {}).setdefault(table, []).append(row)
+    if table in _KEYED:
+        conn.info.setdefault(_KEYS, {}).setdefault(table, set()).add((row["type"], row["id"]))
 
 
 def waiting(conn: Connection) -> int:
     """How many rows wait for the next flush."""
     return sum(len(group) for group in (conn.info.get(_ROWS) or {}).values())
+
+
+def resource_waits(conn: Connection, resource_type: str, resource_id: str) -> bool:
+    """Whether a statement about this one resource row must flush first: its new row is still waiting,
+    or statements wait that may touch any table. Rows of other resources cannot change what it finds."""
+    return _waits(conn, schema.resources, resource_type, resource_id)
+
+
+def index_waits(conn: Connection, resource_type: str, resource_id: str) -> bool:
+    """As `resource_waits`, for a statement that reads the index rows of one resource."""
+    return _waits(conn, schema.search_index, resource_type, resource_id)
+
+
+def _waits(conn: Connection, table: Table, resource_type: str, resource_id: str) -> bool:
+    if conn.info.get(_LATER):
+        return True
+    return (resource_type, resource_id) in ((conn.info.get(_KEYS) or {}).get(table) or ())
 
 
 def later(conn: Connection, statement: Executable, params: dict) -> None:
@@ -67,6 +90,7 @@ def flush(conn: Connection, *, then_commit: bool = False) -> bool:
     `then_commit`: nothing follows in this transaction; on PostgreSQL its COMMIT then goes in the same
     round trip as the last rows where it can (True when it did: the transaction has ended)."""
     by_table: dict[Table, list[dict]] = conn.info.pop(_ROWS, None) or {}
+    conn.info.pop(_KEYS, None)
     statements = conn.info.pop(_LATER, None) or []  # taken first: writing the rows must not run them
     groups = [(table, by_table[table]) for table in TABLES if table in by_table]
     committed = False
@@ -186,6 +210,7 @@ def _copy(conn: Connection, table: Table, group: list[dict]) -> None:
 def forget(conn: Connection) -> None:
     """Drop the waiting rows and statements (the transaction or savepoint that made them was rolled back)."""
     conn.info.pop(_ROWS, None)
+    conn.info.pop(_KEYS, None)
     conn.info.pop(_LATER, None)
     for hook in _FORGET_HOOKS:
         hook(conn)

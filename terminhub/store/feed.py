@@ -360,7 +360,9 @@ class Owners:
         return frozenset(found)
 
     def _refs(self, source: str, source_id: str, param: str) -> list[tuple[str, str]]:
-        rows = hot_reads.rows(self.conn, _REFS, {"type": source, "id": source_id, "param": param})
+        flush = appends.index_waits(self.conn, source, source_id)  # others' waiting rows do not count
+        params = {"type": source, "id": source_id, "param": param}
+        rows = hot_reads.rows(self.conn, _REFS, params, flush=flush)
         return [(ref_type, ref_id) for ref_type, ref_id in rows]
 
     def _referring(self, source: str, param: str, target_type: str, target_id: str) -> list[str]:
@@ -379,7 +381,9 @@ class Owners:
     def _organizations(self, refs: list[tuple[str, str]]) -> frozenset[str]:
         found: set[str] = set()
         for ref_id in {ref_id for ref_type, ref_id in refs if ref_type == "Organization"}:
-            found.update(row[0] for row in hot_reads.rows(self.conn, _BSNRS, {"id": ref_id}) if row[0])
+            flush = appends.index_waits(self.conn, "Organization", ref_id)
+            rows = hot_reads.rows(self.conn, _BSNRS, {"id": ref_id}, flush=flush)
+            found.update(row[0] for row in rows if row[0])
         return frozenset(found)
 
 

@@ -101,7 +101,8 @@ class Repository:
         if not for_update and (known := seen.get(key)) is not None:
             return known
         query = _GET_FOR_UPDATE if for_update else _GET
-        rows = hot_reads.rows(self.conn, query, {"type": resource_type, "id": resource_id})
+        flush = appends.resource_waits(self.conn, resource_type, resource_id)
+        rows = hot_reads.rows(self.conn, query, {"type": resource_type, "id": resource_id}, flush=flush)
         if not rows:
             return None
         version_id, last_updated, deleted, content, created_by = rows[0]
@@ -246,12 +247,14 @@ class Repository:
             appends.add(self.conn, r, values)
             return
         created_by = current.created_by if not current.deleted else self.actor.client_id
+        waits = appends.resource_waits(self.conn, resource_type, resource_id)
         done = self.conn.execute(
             update(r)
             .where(r.c.type == resource_type, r.c.id == resource_id, r.c.version_id == current.version_id)
             .values(
                 version_id=version, last_updated=now, deleted=False, content=content, created_by=created_by
-            )
+            ),
+            execution_options={} if waits else appends.WITHOUT_FLUSH,
         )
         if done.rowcount != 1:
             raise FhirError("version-conflict", f"{resource_type}/{resource_id} was changed meanwhile.")
@@ -346,8 +349,10 @@ class Repository:
         if not params:
             return
         s = schema.search_index
+        waits = appends.index_waits(self.conn, resource_type, resource_id)
         self.conn.execute(
-            delete(s).where(s.c.type == resource_type, s.c.id == resource_id, s.c.param.in_(sorted(params)))
+            delete(s).where(s.c.type == resource_type, s.c.id == resource_id, s.c.param.in_(sorted(params))),
+            execution_options={} if waits else appends.WITHOUT_FLUSH,
         )
         for row in index_rows(resource_type, resource_id, resource, self.tz, only=params):
             appends.add(self.conn, s, row)
@@ -355,7 +360,11 @@ class Repository:
     def _clear_index(self, resource_type: str, resource_id: str) -> None:
         feed.reindexed(self.conn, resource_type)
         s, p = schema.search_index, schema.positions
-        self.conn.execute(delete(s).where(and_(s.c.type == resource_type, s.c.id == resource_id)))
+        waits = appends.index_waits(self.conn, resource_type, resource_id)
+        self.conn.execute(
+            delete(s).where(and_(s.c.type == resource_type, s.c.id == resource_id)),
+            execution_options={} if waits else appends.WITHOUT_FLUSH,
+        )
         slot_offers.forget(self.conn, resource_type, resource_id)
         if resource_type == "Location":
             self.conn.execute(delete(p).where(and_(p.c.type == resource_type, p.c.id == resource_id)))

@@ -173,3 +173,36 @@ def test_a_statement_run_without_flush_leaves_the_rows_waiting(db: Database) -> 
         assert appends.waiting(conn) == 2
         conn.execute(query).scalar_one()
         assert appends.waiting(conn) == 0
+
+
+def test_only_a_resources_own_waiting_rows_make_a_statement_about_it_flush(db: Database) -> None:
+    """A read or write of one resource's row or index rows finds what other resources wait with unchanged:
+    it runs at once, and the rows keep waiting for the transaction's last flush."""
+    with db.transaction(write=True) as conn:
+        _created(conn, "Waiting", "one")
+        row = dict.fromkeys(("system", "text", "lo", "hi", "ref_type", "ref_id"))
+        row |= {"type": "Waiting", "id": "one", "param": "p", "code": "x"}
+        appends.add(conn, schema.search_index, row)
+        assert appends.resource_waits(conn, "Waiting", "one") and appends.index_waits(conn, "Waiting", "one")
+        assert not appends.resource_waits(conn, "Waiting", "two")
+        assert not appends.index_waits(conn, "Other", "one")
+        appends.flush(conn)
+        assert not appends.resource_waits(conn, "Waiting", "one")
+        assert not appends.index_waits(conn, "Waiting", "one")
+
+
+def test_waiting_statements_make_every_statement_flush(db: Database) -> None:
+    with db.transaction(write=True) as conn:
+        appends.later(conn, select(func.count()).select_from(schema.resources), {})
+        assert appends.resource_waits(conn, "Any", "thing") and appends.index_waits(conn, "Any", "thing")
+        appends.forget(conn)
+        assert not appends.resource_waits(conn, "Any", "thing")
+
+
+def test_a_rolled_back_savepoint_takes_its_rows_from_those_waiting(db: Database) -> None:
+    with db.transaction(write=True) as conn:
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            _created(conn, "Dropped", "one")
+            assert appends.resource_waits(conn, "Dropped", "one")
+            raise RuntimeError
+        assert not appends.resource_waits(conn, "Dropped", "one")
