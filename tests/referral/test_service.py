@@ -15,7 +15,7 @@ from terminhub.config import Settings
 from terminhub.fhir.outcome import FhirError
 from terminhub.referral.service import ReferralService, record_failed_lookup, sweep_job
 from terminhub.referral.urgency import DAY_US
-from terminhub.store.database import Database
+from terminhub.store.database import Database, WriteNeeded
 from terminhub.store.repository import Actor, Repository
 from tests.support.unit_db import BACKEND_PARAMS, migrated_database
 
@@ -173,6 +173,34 @@ def test_a_cancellation_after_the_window_ends_the_claim(db: Database, clock: Fix
         service = _service(conn, clock)
         ref = service.cancelled(service.lookup(code, "app"), patient_side=False)
         assert (ref.status, ref.expired) == ("completed", True)
+
+
+def test_a_search_looks_up_its_code_as_every_operation_does(db: Database, clock: FixedClock) -> None:
+    """Known, unknown and malformed codes, below and past the failed look-up limit; a window that still has
+    to open makes a read ask to be run again as a write."""
+    code = _issue(db, clock)
+    with db.transaction() as conn, pytest.raises(WriteNeeded):
+        _service(conn, clock).lookup_to_search(code, "app")
+    with db.transaction(write=True) as conn:
+        service = _service(conn, clock)
+        ref = service.open_window(service.lookup_to_search(code, "app"))
+        assert ref.window_start == clock.now_us() and ref.service_request.type == "ServiceRequest"
+    with db.transaction() as conn:
+        found = _service(conn, clock).lookup_to_search(code.lower(), "app")
+        assert (found.code, found.window_end) == (ref.code, ref.window_end)
+        assert found.service_request.content == ref.service_request.content
+    for raw, expected in (("XN6PF4HPZ5KX", "code-unknown"), ("ABC", "code-malformed")):
+        with db.transaction() as conn, pytest.raises(FhirError) as refused:
+            _service(conn, clock).lookup_to_search(raw, "app")
+        assert refused.value.code == expected
+    with db.transaction(write=True) as conn:
+        for _ in range(600):
+            record_failed_lookup(conn, "app", clock.now_us())
+    for raw in (code, "XN6PF4HPZ5KX", "ABC"):
+        with db.transaction() as conn, pytest.raises(FhirError) as limited:
+            _service(conn, clock).lookup_to_search(raw, "app")
+        assert limited.value.code == "rate-limited"
+        assert limited.value.headers["Retry-After"] == "60"
 
 
 def test_six_hundred_failed_look_ups_a_minute_shut_the_client_out(db: Database, clock: FixedClock) -> None:
