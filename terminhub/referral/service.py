@@ -19,7 +19,7 @@ from terminhub.config import Settings
 from terminhub.fhir.outcome import FhirError
 from terminhub.referral import code as codes
 from terminhub.referral.urgency import SNOMED, SNOMED_OF, priority_element, window_us
-from terminhub.store import counters, hot_reads, schema
+from terminhub.store import counters, generations, hot_reads, schema
 from terminhub.store.database import WriteNeeded, is_writer
 from terminhub.store.repository import HUB, Repository, Stored
 
@@ -72,7 +72,8 @@ def parse_codings(setting: str) -> set[Coding]:
 _Row = namedtuple("_Row", [column.name for column in T.c])  # noqa: PYI024 - fields from the table
 _R, _C = schema.resources, schema.rate_counters
 # Every code search asks, in one statement: the client's failed look-ups in the window, the code's row and
-# its ServiceRequest (three round trips took a fifth of a search's time).
+# its ServiceRequest (three round trips took a fifth of a search's time), and the directory's generation
+# number, which the search's directory cache asks next.
 _SEARCHED = (
     select(
         select(func.coalesce(func.sum(_C.c.count), 0))
@@ -81,6 +82,7 @@ _SEARCHED = (
         .scalar_subquery(),
         *T.c,
         _R.c.version_id, _R.c.last_updated, _R.c.deleted, _R.c.content, _R.c.created_by,
+        generations.number(generations.DIRECTORY),
     )
     .select_from(T.outerjoin(_R, and_(_R.c.type == "ServiceRequest", _R.c.id == T.c.service_request_id)))
     .where(T.c.code == bindparam("code"))
@@ -236,11 +238,13 @@ class ReferralService:
         since = self.now // 1_000_000 - FAILURE_WINDOW_S + 1
         params = {"code": code, "client_id": client_id, "kind": FAILURES, "since": since}
         found = hot_reads.rows(self.conn, _SEARCHED, params, flush=False)
+        if found:
+            generations.seen(self.conn, generations.DIRECTORY, found[0][-1])
         if not found or found[0][0] >= FAILURE_LIMIT:
             self._check_failures(client_id)  # the rare answers: 429 (with its Retry-After) or unknown
         row = _Row._make(found[0][1 : 1 + len(_Row._fields)]) if found else None
         if row is not None and row.window_start is not None and row.window_end > self.now:
-            version, updated, deleted, content, creator = found[0][1 + len(_Row._fields) :]
+            version, updated, deleted, content, creator = found[0][1 + len(_Row._fields) : -1]
             if version is not None and not deleted:
                 request = Stored(
                     "ServiceRequest", row.service_request_id, version, updated, False, content, creator

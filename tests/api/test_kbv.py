@@ -562,6 +562,27 @@ def test_windows(
         assert_error(reply, 409, "code-expired")
 
 
+def test_a_search_sees_a_practice_move_at_once(
+    world: World, referrer: httpx.Client, third: httpx.Client
+) -> None:
+    """Searches read the directory through a cache, which a change of the directory drops at once."""
+    old, new = "8" + world.postal[1:], "7" + world.postal[1:]
+    body = {"status": "active", "name": "Zweigpraxis", "address": {"postalCode": old}}
+    location = world.put("Location", body)
+    schedule = world.put("Schedule", {"active": True, "actor": [{"reference": f"Location/{location}"}]})
+    lm = world.lm()
+    slot = world.slot(schedule, 2, serviceType=[{"coding": [lm]}])
+    code = issue(referrer, [lm])
+    assert found_slots(search(third, code, ("plz", "valueString", old))) == [slot]
+    moved = world.admin.put(
+        f"Location/{location}",
+        json=body | {"id": location, "resourceType": "Location", "address": {"postalCode": new}},
+    )
+    assert moved.status_code == 200, moved.text
+    assert found_slots(search(third, code, ("plz", "valueString", old))) == []
+    assert found_slots(search(third, code, ("plz", "valueString", new))) == [slot]
+
+
 def test_search_in_an_open_window_does_not_wait_for_writers(
     world: World, server: Server, referrer: httpx.Client, third: httpx.Client
 ) -> None:
