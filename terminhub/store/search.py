@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Connection,
     Select,
+    String,
     and_,
+    any_,
     exists,
     false,
     func,
@@ -346,7 +349,7 @@ class SearchEngine:
         self, source: str, param_name: str, target: str | None, ids: list[str], seen: set[tuple[str, str]]
     ) -> list[Stored]:
         query = select(S.c.ref_type, S.c.ref_id).where(
-            S.c.type == source, S.c.param == param_name, S.c.id.in_(ids), S.c.ref_id.is_not(None)
+            S.c.type == source, S.c.param == param_name, self._among(S.c.id, ids), S.c.ref_id.is_not(None)
         )
         if target:
             query = query.where(S.c.ref_type == target)
@@ -366,7 +369,10 @@ class SearchEngine:
         wanted: dict[str, list[str]] = {}
         for ref_type, ids in by_type.items():
             query = select(S.c.id).where(
-                S.c.type == source, S.c.param == param_name, S.c.ref_type == ref_type, S.c.ref_id.in_(ids)
+                S.c.type == source,
+                S.c.param == param_name,
+                S.c.ref_type == ref_type,
+                self._among(S.c.ref_id, ids),
             )
             for (rid,) in self.conn.execute(query):
                 if (source, rid) not in seen:
@@ -374,11 +380,19 @@ class SearchEngine:
                     wanted.setdefault(source, []).append(rid)
         return self._load_visible(wanted)
 
+    def _among(self, column, ids: list[str]):  # noqa: ANN001, ANN202 - a column; a SQL expression
+        """`column` is one of `ids`: on PostgreSQL one array, so that the statement's text does not change
+        with the number of ids (a feed page's 1,000 targets as an IN list took a fifth of the page's time to
+        write out and parse); elsewhere an IN list."""
+        if self.conn.dialect.name == "postgresql":
+            return column == any_(literal(ids, type_=ARRAY(String)))
+        return column.in_(ids)
+
     def _load_visible(self, wanted: dict[str, list[str]]) -> list[Stored]:
         loaded: list[Stored] = []
         for resource_type, ids in wanted.items():
             query = select(R.c.id, R.c.version_id, R.c.last_updated, R.c.content, R.c.created_by).where(
-                R.c.type == resource_type, R.c.id.in_(ids), R.c.deleted.is_(False)
+                R.c.type == resource_type, self._among(R.c.id, ids), R.c.deleted.is_(False)
             )
             visible = self.scope(resource_type)
             if visible is not None:
