@@ -55,6 +55,7 @@ FORMULARE = ("muster6", "ptv11")
 TERMINTYPEN = ("praesenz", "video")
 REFERRER_ONLY = ("bsnr", "ueberweisenderArzt", "patient", "formular")
 PRIORITY_RANK = {"asap": 1, "urgent": 2, "routine": 5}
+Entry = tuple[tuple[str, str], dict | orjson.Fragment]  # a Bundle entry's resource, with its type and id
 
 
 def _param(name: str, use: str, card: tuple[int, str], fhir_type: str, documentation: str) -> OperationParam:
@@ -536,11 +537,9 @@ def _searchset(ctx: Context, wanted: SlotFilter, matches: list[Stored]) -> dict:
     return bundle
 
 
-def _context_of(
-    repo: _CachingRepo, wanted: SlotFilter, found: Offer
-) -> list[tuple[tuple[str, str], dict | orjson.Fragment]]:
+def _context_of(repo: _CachingRepo, wanted: SlotFilter, found: Offer) -> list[Entry]:
     """The Slot's Schedule, Organization and Location (those that exist), each with its type and id."""
-    out: list[tuple[tuple[str, str], dict | orjson.Fragment]] = []
+    out: list[Entry] = []
     if found.schedule is not None:
         out.append((("Schedule", found.schedule["id"]), found.schedule))
     place = _place(repo, wanted, found)
@@ -806,9 +805,7 @@ def booking_information(ctx: Context, call: Call) -> Reply:
     service.guard(ref, "info")
     appointment = _active_appointment(ctx, ref)
     ctx.audit_entity = f"Appointment/{appointment.id}"
-    resources: list[tuple[tuple[str, str], dict | orjson.Fragment]] = [
-        (("Appointment", appointment.id), embed(appointment))
-    ]
+    resources: list[Entry] = [(("Appointment", appointment.id), embed(appointment))]
     slot_id = _booked_slot(ctx, ref)
     slot = ctx.repo.get("Slot", slot_id) if slot_id else None
     if slot is not None and not slot.deleted:
@@ -889,7 +886,7 @@ def _code_reply(ref: Referral) -> Reply:
     )
 
 
-def _collection(ctx: Context, resources: list[tuple[tuple[str, str], dict | orjson.Fragment]]) -> dict:
+def _collection(ctx: Context, resources: list[Entry]) -> dict:
     """A collection Bundle of resources, each given with its type and id."""
     seen: set[tuple[str, str]] = set()
     entries = []

@@ -11,7 +11,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from terminhub.clock import Clock, from_us, instant
@@ -19,7 +19,7 @@ from terminhub.config import Settings
 from terminhub.fhir.outcome import FhirError
 from terminhub.referral import code as codes
 from terminhub.referral.urgency import SNOMED, SNOMED_OF, priority_element, window_us
-from terminhub.store import counters, generations, hot_reads, schema
+from terminhub.store import counters, hot_reads, schema
 from terminhub.store.database import WriteNeeded, is_writer
 from terminhub.store.repository import HUB, Repository, Stored
 
@@ -70,23 +70,16 @@ def parse_codings(setting: str) -> set[Coding]:
 
 
 _Row = namedtuple("_Row", [column.name for column in T.c])  # noqa: PYI024 - fields from the table
-_R, _C = schema.resources, schema.rate_counters
+_R = schema.resources
+_FAILED = counters.total_query(bindparam("client_id"), bindparam("kind"), bindparam("since"))
+_REQUEST = (_R.c.version_id, _R.c.last_updated, _R.c.deleted, _R.c.content, _R.c.created_by)
 # Every code search asks, in one statement: the client's failed look-ups in the window, the code's row and
-# its ServiceRequest (three round trips took a fifth of a search's time), and the directory's generation
-# number, which the search's directory cache asks next.
+# its ServiceRequest (three round trips took a fifth of a search's time).
 _SEARCHED = (
-    select(
-        select(func.coalesce(func.sum(_C.c.count), 0))
-        .where(_C.c.client_id == bindparam("client_id"), _C.c.kind == bindparam("kind"))
-        .where(_C.c.bucket >= bindparam("since"))
-        .scalar_subquery(),
-        *T.c,
-        _R.c.version_id, _R.c.last_updated, _R.c.deleted, _R.c.content, _R.c.created_by,
-        generations.number(generations.DIRECTORY),
-    )
+    select(_FAILED.scalar_subquery(), *T.c, *_REQUEST)
     .select_from(T.outerjoin(_R, and_(_R.c.type == "ServiceRequest", _R.c.id == T.c.service_request_id)))
     .where(T.c.code == bindparam("code"))
-)  # fmt: skip
+)
 
 
 class ReferralService:
@@ -235,16 +228,13 @@ class ReferralService:
         except FhirError:
             self._check_failures(client_id)  # past the limit, 429 comes first
             raise
-        since = self.now // 1_000_000 - FAILURE_WINDOW_S + 1
-        params = {"code": code, "client_id": client_id, "kind": FAILURES, "since": since}
+        params = {"code": code, "client_id": client_id, "kind": FAILURES, "since": self._failures_since()}
         found = hot_reads.rows(self.conn, _SEARCHED, params, flush=False)
-        if found:
-            generations.seen(self.conn, generations.DIRECTORY, found[0][-1])
         if not found or found[0][0] >= FAILURE_LIMIT:
             self._check_failures(client_id)  # the rare answers: 429 (with its Retry-After) or unknown
         row = _Row._make(found[0][1 : 1 + len(_Row._fields)]) if found else None
         if row is not None and row.window_start is not None and row.window_end > self.now:
-            version, updated, deleted, content, creator = found[0][1 + len(_Row._fields) : -1]
+            version, updated, deleted, content, creator = found[0][1 + len(_Row._fields) :]
             if version is not None and not deleted:
                 request = Stored(
                     "ServiceRequest", row.service_request_id, version, updated, False, content, creator
@@ -276,10 +266,13 @@ class ReferralService:
             row.acute,
         )
 
+    def _failures_since(self) -> int:
+        """The first bucket (second) of the failed look-ups that count now."""
+        return self.now // 1_000_000 - FAILURE_WINDOW_S + 1
+
     def _check_failures(self, client_id: str) -> None:
         now_s = self.now // 1_000_000
-        since = now_s - FAILURE_WINDOW_S + 1
-        seen = counters.buckets(self.conn, client_id, FAILURES, since)
+        seen = counters.buckets(self.conn, client_id, FAILURES, self._failures_since())
         total = sum(count for _, count in seen)
         if total < FAILURE_LIMIT:
             return

@@ -21,10 +21,14 @@ def add(conn: Connection, client_id: str, kind: str, bucket: int, amount: int = 
 
 
 def total(conn: Connection, client_id: str, kind: str, since_bucket: int) -> int:
-    query = select(func.coalesce(func.sum(T.c.count), 0)).where(
+    return int(conn.execute(total_query(client_id, kind, since_bucket)).scalar_one())
+
+
+def total_query(client_id, kind, since_bucket):  # noqa: ANN001, ANN201 - values or bind parameters; a Select
+    """The count of `kind` from `since_bucket` on, as a statement (or a part of another)."""
+    return select(func.coalesce(func.sum(T.c.count), 0)).where(
         T.c.client_id == client_id, T.c.kind == kind, T.c.bucket >= since_bucket
     )
-    return int(conn.execute(query).scalar_one())
 
 
 def buckets(conn: Connection, client_id: str, kind: str, since_bucket: int) -> list[tuple[int, int]]:

@@ -1,8 +1,9 @@
-"""The INSERT of the connection's dialect: PostgreSQL's and SQLite's can say what to do on a conflict."""
+"""What differs between the dialects: the INSERT that can say what to do on a conflict, and how a
+statement names a list of ids."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import ARRAY, Connection, String, Table, any_, bindparam, literal
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -11,3 +12,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 def insert_for(conn: Connection, table: Table) -> PgInsert | SqliteInsert:
     return pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
+
+
+def one_of(column, dialect: str, ids: list[str] | None = None):  # noqa: ANN001, ANN201 - a SQL expression
+    """`column` is one of some ids: `ids`, or the bind parameter "ids" where they come with each run.
+
+    On PostgreSQL they are one array (`= ANY`), so the statement's text does not change with their number:
+    it is prepared once, and not written out and parsed again for each list. Elsewhere an IN list."""
+    if dialect == "postgresql":
+        array = ARRAY(String)
+        return column == any_(literal(ids, type_=array) if ids is not None else bindparam("ids", type_=array))
+    return column.in_(ids if ids is not None else bindparam("ids", expanding=True))

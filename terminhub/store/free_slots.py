@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from functools import cache
 from typing import NamedTuple
 
-from sqlalchemy import ARRAY, Connection, String, any_, bindparam, literal_column, select, tuple_
+from sqlalchemy import Connection, bindparam, literal_column, select, tuple_
 
 from terminhub.store import claims, hot_reads, schema
+from terminhub.store.dialect import one_of
 
 OFFERS = schema.slot_offers
 C = schema.slot_claims
@@ -119,15 +120,9 @@ def _pages():  # noqa: ANN202 - two statements
 @cache
 def _free_statements(dialect: str):  # noqa: ANN202 - two statements
     """Claims of some Slots with whether each is open now, and which of some unclaimed Slots are stored
-    free. On PostgreSQL the ids are one array (a prepared statement with `= ANY`); elsewhere an IN list."""
-
-    def among(column):  # noqa: ANN001, ANN202 - a column; a SQL expression
-        if dialect == "postgresql":
-            return column == any_(bindparam("ids", type_=ARRAY(String)))
-        return column.in_(bindparam("ids", expanding=True))
-
-    claims_of = select(C.c.slot_id, claims.open_at(bindparam("now"))).where(among(C.c.slot_id))
+    free (`dialect.one_of`: on PostgreSQL one prepared statement for any number of ids)."""
+    claims_of = select(C.c.slot_id, claims.open_at(bindparam("now"))).where(one_of(C.c.slot_id, dialect))
     stored_free = select(S.c.id).where(
-        S.c.type == "Slot", among(S.c.id), S.c.param == "status", S.c.code == "free"
+        S.c.type == "Slot", one_of(S.c.id, dialect), S.c.param == "status", S.c.code == "free"
     )
     return claims_of, stored_free

@@ -53,14 +53,3 @@ def current(conn: Connection, name: str) -> int | None:
 
 
 _NUMBER = select(G.c.n).where(G.c.name == bindparam("name"))  # read by every search: prepared
-
-
-def number(name: str):  # noqa: ANN201 - a scalar subquery
-    """The number as a column of another statement, which then saves a round trip (`seen` notes it)."""
-    return select(G.c.n).where(G.c.name == name).scalar_subquery()
-
-
-def seen(conn: Connection, name: str, value: int | None) -> None:
-    """Note the number as another statement of this transaction read it, unless it was read before (the
-    first reading is the one that vouches for what was read after it)."""
-    conn.info.setdefault(_READ, {}).setdefault(name, value)

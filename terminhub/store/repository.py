@@ -12,11 +12,12 @@ from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, delete, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from terminhub.clock import Clock, instant
 from terminhub.fhir.outcome import FhirError
 from terminhub.store import appends, feed, generations, hot_reads, schema, slot_offers
+from terminhub.store.dialect import one_of
 from terminhub.store.indexer import index_rows, params_on, position
 
 NO_OUTBOX = frozenset({"AuditEvent", "Provenance", "OperationDefinition", "SearchParameter"})
@@ -122,10 +123,7 @@ class Repository:
         if not ids:
             return []
         params = {"type": resource_type, "ids": ids}
-        if self.conn.dialect.name == "postgresql":
-            rows = hot_reads.rows(self.conn, _GET_MANY_ARRAY, params)
-        else:
-            rows = self.conn.execute(_GET_MANY, params).all()
+        rows = hot_reads.rows(self.conn, _GET_MANY[self.conn.dialect.name], params)
         return [
             Stored(resource_type, found, version, updated, False, content, creator)
             for found, version, updated, content, creator in rows
@@ -403,9 +401,7 @@ _GET_FOR_UPDATE = _GET.with_for_update()
 _MANY = select(_R.c.id, _R.c.version_id, _R.c.last_updated, _R.c.content, _R.c.created_by).where(
     _R.c.type == bindparam("type"), _R.c.deleted.is_(False)
 )
-_GET_MANY = _MANY.where(_R.c.id.in_(bindparam("ids", expanding=True)))
-# PostgreSQL takes the ids as one array: one statement text, prepared once, for any number of ids.
-_GET_MANY_ARRAY = _MANY.where(_R.c.id == any_(bindparam("ids", type_=ARRAY(String))))
+_GET_MANY = {dialect: _MANY.where(one_of(_R.c.id, dialect)) for dialect in ("postgresql", "sqlite")}
 
 
 def serialise(resource_type: str, resource_id: str, version: int, now: int, resource: dict) -> bytes:
