@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from email.utils import formatdate
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 import orjson
@@ -55,9 +57,13 @@ def stored_reply(ctx: Context, stored: Stored, status: int = 200, *, location: b
 
 
 def _http_date(us: int) -> str:
-    from email.utils import formatdate
+    return _http_date_of_second(us // 1_000_000)
 
-    return formatdate(us / 1_000_000, usegmt=True)
+
+@lru_cache(maxsize=64)
+def _http_date_of_second(second: int) -> str:
+    """HTTP dates name whole seconds: a Bundle's 1,000 writes, or a second's reads, format one date."""
+    return formatdate(second, usegmt=True)
 
 
 # -- read --------------------------------------------------------------------------------------------

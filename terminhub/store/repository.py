@@ -82,11 +82,11 @@ class Repository:
     def learn_absent(self, resource_type: str, ids: list[str]) -> None:
         """Which of these ids have no row, in one query per 500: a Bundle of new resources then need not
         read each one before writing it. Every write through this repository forgets its id again."""
-        r = schema.resources
+        query = _FOUND[self.conn.dialect.name]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            query = select(r.c.id).where(r.c.type == resource_type, r.c.id.in_(chunk))
-            found = {row.id for row in self.conn.execute(query)}
+            params = {"type": resource_type, "ids": chunk}
+            found = {row[0] for row in hot_reads.rows(self.conn, query, params)}
             self.absent.update((resource_type, i) for i in chunk if i not in found)
 
     # -- reading -------------------------------------------------------------------------------------
@@ -402,6 +402,11 @@ _MANY = select(_R.c.id, _R.c.version_id, _R.c.last_updated, _R.c.content, _R.c.c
     _R.c.type == bindparam("type"), _R.c.deleted.is_(False)
 )
 _GET_MANY = {dialect: _MANY.where(one_of(_R.c.id, dialect)) for dialect in ("postgresql", "sqlite")}
+# Which of some ids of a type have a row (500 ids as an IN list made a new statement to write out and parse).
+_FOUND = {
+    dialect: select(_R.c.id).where(_R.c.type == bindparam("type"), one_of(_R.c.id, dialect))
+    for dialect in ("postgresql", "sqlite")
+}
 
 
 def serialise(resource_type: str, resource_id: str, version: int, now: int, resource: dict) -> bytes:
