@@ -119,6 +119,26 @@ def test_stamps_increase_by_at_least_a_microsecond_even_when_the_clock_stands_st
     assert stamps == sorted(stamps) and len(set(stamps)) == 4
 
 
+def test_a_provenance_names_its_feed_position_in_body_row_and_index(db: Database) -> None:
+    """All of a Provenance but its position is drafted before the feed's lock: the position still reaches
+    `recorded`, `meta.lastUpdated`, the stored row and the index row of `recorded`."""
+    clock = FixedClock(START)
+    schedule = practice(db, clock, bsnr())
+    ids = write(db, clock, lambda repo: [repo.save("Slot", slot(schedule)).id for _ in range(2)])
+    R, S = schema.resources, schema.search_index
+    for slot_id in ids:
+        [found] = provenances_of(db, "Slot", slot_id)
+        assert found["recorded"] == found["meta"]["lastUpdated"]
+        with db.transaction() as conn:
+            row = conn.execute(select(R.c.last_updated).where(R.c.id == found["id"])).one()
+            index = conn.execute(
+                select(S.c.lo, S.c.hi).where(S.c.id == found["id"], S.c.param == "recorded")
+            ).one()
+        assert to_us(datetime.fromisoformat(found["recorded"])) == row.last_updated == index.lo
+        assert index.hi == index.lo + 1
+        assert list(found) == ["resourceType", "id", "meta", "target", "recorded", "activity", "agent"]
+
+
 def test_owners_are_the_practices_of_the_new_and_the_previous_version(db: Database) -> None:
     clock = FixedClock(START)
     first, second = bsnr(), bsnr()
