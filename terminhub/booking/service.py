@@ -88,10 +88,11 @@ class BookingService:
     # -- the claim row -------------------------------------------------------------------------------
     def settle(self, slot: Stored) -> claims.Claim:
         """Lock the Slot's claim row and write down expiries that fell due (hold, pending booking)."""
-        resource = slot.resource()
-        claims.ensure(self.conn, slot.id, _base_status(resource.get("status", "free")))
         claim = claims.get(self.conn, slot.id, for_update=True)
-        assert claim is not None
+        if claim is None:  # a Slot written around the booking core has no claim row yet: it is made now
+            claims.ensure(self.conn, slot.id, _base_status(slot.resource().get("status", "free")))
+            claim = claims.get(self.conn, slot.id, for_update=True)
+            assert claim is not None
         now = self.now
         if claim.appointment_id and claim.claim_until is not None and claim.claim_until <= now:
             self._expire_pending(slot.id, claim.appointment_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
@@ -83,15 +83,16 @@ def _create_statement(conn: Connection) -> PgInsert | SqliteInsert:
     return _CREATE[dialect]
 
 
+_GET = select(C).where(C.c.slot_id == bindparam("slot_id"))
+_GET_FOR_UPDATE = _GET.with_for_update()
+
+
 def get(conn: Connection, slot_id: str, *, for_update: bool = False) -> Claim | None:
-    query = select(C).where(C.c.slot_id == slot_id)
-    if for_update:
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    row = conn.execute(_GET_FOR_UPDATE if for_update else _GET, {"slot_id": slot_id}).first()
     return Claim(**row._mapping) if row else None
 
 
-def open_at(now: int, owner: str | None = None):  # noqa: ANN202 - a SQL expression
+def open_at(now, owner=None):  # noqa: ANN001, ANN202 - values or bind parameters; a SQL expression
     """Neither booked nor held by someone else at `now`, and free as its practice set it."""
     hold_ok = or_(C.c.hold_owner.is_(None), C.c.held_until <= now)
     if owner is not None:
@@ -145,18 +146,23 @@ def book(
     conn: Connection, slot_id: str, appointment_id: str, now: int, *, owner: str, claim_until: int | None
 ) -> bool:
     """Give an open Slot (or one held by `owner`) to an Appointment; True for the one winner."""
-    done = conn.execute(
-        update(C)
-        .where(C.c.slot_id == slot_id, open_at(now, owner))
-        .values(
-            appointment_id=appointment_id,
-            claim_until=claim_until,
-            hold_owner=None,
-            held_until=None,
-            hold_renewed=False,
-        )
-    )
+    values = {"slot": slot_id, "now": now, "owner": owner, "appointment": appointment_id}
+    done = conn.execute(_BOOK, values | {"until": claim_until})
     return done.rowcount == 1
+
+
+# Built once: every booking runs it (its bind parameters may not share a name with a column of the table).
+_BOOK = (
+    update(C)
+    .where(C.c.slot_id == bindparam("slot"), open_at(bindparam("now"), bindparam("owner")))
+    .values(
+        appointment_id=bindparam("appointment"),
+        claim_until=bindparam("until"),
+        hold_owner=None,
+        held_until=None,
+        hold_renewed=False,
+    )
+)
 
 
 def confirm(conn: Connection, slot_id: str, appointment_id: str) -> bool:

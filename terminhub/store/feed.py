@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from functools import cache
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -238,20 +239,26 @@ def stamp(conn: Connection) -> int:
         return 0
     resolve(conn)
     drafts = [_Draft(noted) for noted in pending]
-    counter = schema.feed_clock
     now = (conn.info.get(_CLOCK) or Clock()).now_us()
-    # One statement takes the lock and the positions: first = max(now, last + 1), last moves n on. Every
-    # round trip between the lock and the commit keeps all other writers waiting.
-    after_last = counter.c.last + 1
-    first_position = case((after_last > now, after_last), else_=now)
-    moved = update(counter).where(counter.c.id == 1).values(last=first_position + (len(pending) - 1))
-    first = conn.execute(moved.returning(counter.c.last)).scalar_one() - (len(pending) - 1)
+    more = len(pending) - 1
+    first = conn.execute(_take_positions(), {"now": now, "more": more}).scalar_one() - more
     for offset, draft in enumerate(drafts):
         draft.write(conn, first + offset)
     # The COMMIT goes with these rows (PostgreSQL): the lock is held for two round trips, not three.
     appends.flush(conn, then_commit=True)
     conn.info[_PENDING] = []
     return len(pending)
+
+
+@cache
+def _take_positions():  # noqa: ANN202 - a statement
+    """One statement takes the lock and the positions: first = max(now, last + 1), last moves `more` on.
+    Every round trip between the lock and the commit keeps all other writers waiting. Built once."""
+    counter = schema.feed_clock
+    after_last = counter.c.last + 1
+    first_position = case((after_last > bindparam("now"), after_last), else_=bindparam("now"))
+    moved = update(counter).where(counter.c.id == 1).values(last=first_position + bindparam("more"))
+    return moved.returning(counter.c.last)
 
 
 _AT_POSITION = frozenset({"recorded"})  # the index parameters of a Provenance that its position gives

@@ -230,7 +230,6 @@ class Repository:
         content: bytes,
         current: Stored | None,
     ) -> None:
-        r = schema.resources
         if current is None:
             # Inserted with the transaction's other new rows; an id created meanwhile is refused then.
             values = {
@@ -242,17 +241,19 @@ class Repository:
                 "content": content,
                 "created_by": self.actor.client_id,
             }
-            appends.add(self.conn, r, values)
+            appends.add(self.conn, schema.resources, values)
             return
         created_by = current.created_by if not current.deleted else self.actor.client_id
         waits = appends.resource_waits(self.conn, resource_type, resource_id)
+        values = {
+            "of_type": resource_type,
+            "of_id": resource_id,
+            "was": current.version_id,
+            "version": version,
+        }
+        values |= {"now": now, "new_content": content, "creator": created_by}
         done = self.conn.execute(
-            update(r)
-            .where(r.c.type == resource_type, r.c.id == resource_id, r.c.version_id == current.version_id)
-            .values(
-                version_id=version, last_updated=now, deleted=False, content=content, created_by=created_by
-            ),
-            execution_options={} if waits else appends.WITHOUT_FLUSH,
+            _UPDATE_CURRENT, values, execution_options={} if waits else appends.WITHOUT_FLUSH
         )
         if done.rowcount != 1:
             raise FhirError("version-conflict", f"{resource_type}/{resource_id} was changed meanwhile.")
@@ -346,14 +347,14 @@ class Repository:
         """The index rows of `params` only, written again."""
         if not params:
             return
-        s = schema.search_index
         waits = appends.index_waits(self.conn, resource_type, resource_id)
         self.conn.execute(
-            delete(s).where(s.c.type == resource_type, s.c.id == resource_id, s.c.param.in_(sorted(params))),
+            _DELETE_PARAMS,
+            {"type": resource_type, "id": resource_id, "params": sorted(params)},
             execution_options={} if waits else appends.WITHOUT_FLUSH,
         )
         for row in index_rows(resource_type, resource_id, resource, self.tz, only=params):
-            appends.add(self.conn, s, row)
+            appends.add(self.conn, schema.search_index, row)
 
     def _clear_index(self, resource_type: str, resource_id: str) -> None:
         feed.reindexed(self.conn, resource_type)
@@ -402,6 +403,26 @@ _MANY = select(_R.c.id, _R.c.version_id, _R.c.last_updated, _R.c.content, _R.c.c
     _R.c.type == bindparam("type"), _R.c.deleted.is_(False)
 )
 _GET_MANY = {dialect: _MANY.where(one_of(_R.c.id, dialect)) for dialect in ("postgresql", "sqlite")}
+# The statements of every update, built once (building one cost about as much as running it). A bind
+# parameter of an UPDATE may not share a name with a column of its table.
+_UPDATE_CURRENT = (
+    update(_R)
+    .where(
+        _R.c.type == bindparam("of_type"), _R.c.id == bindparam("of_id"), _R.c.version_id == bindparam("was")
+    )
+    .values(
+        version_id=bindparam("version"),
+        last_updated=bindparam("now"),
+        deleted=False,
+        content=bindparam("new_content"),
+        created_by=bindparam("creator"),
+    )
+)
+_DELETE_PARAMS = delete(schema.search_index).where(
+    schema.search_index.c.type == bindparam("type"),
+    schema.search_index.c.id == bindparam("id"),
+    schema.search_index.c.param.in_(bindparam("params", expanding=True)),
+)
 # Which of some ids of a type have a row (500 ids as an IN list made a new statement to write out and parse).
 _FOUND = {
     dialect: select(_R.c.id).where(_R.c.type == bindparam("type"), one_of(_R.c.id, dialect))
