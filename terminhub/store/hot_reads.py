@@ -11,13 +11,15 @@ from __future__ import annotations
 from sqlalchemy import Connection, Executable
 
 from terminhub.store import appends
+from terminhub.store.dialect import BinaryArray
 
 _compiled: dict[Executable, tuple[str, dict]] = {}  # module-level statements: a few, kept for good
 
 
 def rows(conn: Connection, statement: Executable, params: dict, *, flush: bool = True) -> list[tuple]:
-    """The rows of `statement` (one without expanding parameters, IN lists included) with `params`;
-    `flush=False` for a read that needs none of the transaction's waiting rows (`appends.WITHOUT_FLUSH`)."""
+    """The rows of `statement` (one without expanding parameters, IN lists included) with `params`, lists
+    among them sent as binary arrays; `flush=False` for a read that needs none of the transaction's waiting
+    rows (`appends.WITHOUT_FLUSH`)."""
     if conn.dialect.name != "postgresql":
         options = {} if flush else appends.WITHOUT_FLUSH
         return [tuple(row) for row in conn.execute(statement, params, execution_options=options).all()]
@@ -29,6 +31,7 @@ def rows(conn: Connection, statement: Executable, params: dict, *, flush: bool =
     sql, constants = known
     if flush:
         appends.flush_before(conn, sql)  # as SQLAlchemy's own execution would
+    values = constants | {k: BinaryArray(v) if type(v) is list else v for k, v in params.items()}
     cursor = conn.connection.driver_connection.cursor()
-    cursor.execute(sql, constants | params, prepare=True)
+    cursor.execute(sql, values, prepare=True)
     return cursor.fetchall()
