@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Select, bindparam, literal, select
+from sqlalchemy import Connection, Select, bindparam
 
 from terminhub.access.policy import Caller, Policy
 from terminhub.booking.expiry import present
@@ -15,7 +15,7 @@ from terminhub.clock import Clock
 from terminhub.config import Settings
 from terminhub.fhir.outcome import FhirError
 from terminhub.store.repository import Actor, Repository, Stored
-from terminhub.store.search import SearchEngine
+from terminhub.store.search import SearchEngine, holding
 
 # A Bundle's entries run through the single-request handlers, which label the request for its AuditEvent
 # (`interaction`, `audit_entity`); once a request is a Bundle, it keeps its own label: one AuditEvent with
@@ -113,10 +113,9 @@ def _membership(caller: Caller, resource_type: str) -> Select | None:
     """Whether an id is in the caller's scope of a type, as a statement built once per caller and type
     (building and keying it cost more than running it, twice in every booking); None: all are visible.
 
-    The id is tested inside the scope's query (each arm of a union finds it by index), not the scope
-    computed whole and then searched: a scheduling client's Patients grow with its bookings."""
+    The id is tested inside the scope's query (`holding`): a scheduling client's Patients grow with its
+    bookings."""
     scope = Policy(caller).scope(resource_type)
     if scope is None:
         return None
-    ids = scope.subquery()
-    return select(literal(1)).select_from(ids).where(ids.c[0] == bindparam("resource_id")).limit(1)
+    return holding(scope, bindparam("resource_id")).limit(1)

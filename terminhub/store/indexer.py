@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterator
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -144,19 +145,14 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     return unique
 
 
+@cache  # few keys: the elements updates change
 def params_on(resource_type: str, elements: frozenset[str]) -> frozenset[str]:
     """The parameters whose values come from these top-level elements of a resource."""
-    key = (resource_type, elements)
-    if key not in _PARAMS_ON:
-        _PARAMS_ON[key] = frozenset(
-            param.name
-            for param in searchparams.PARAMS.get(resource_type, {}).values()
-            if any(path.split(".", 1)[0] in elements for path in param.paths)
-        )
-    return _PARAMS_ON[key]
-
-
-_PARAMS_ON: dict[tuple[str, frozenset[str]], frozenset[str]] = {}  # few keys: the elements updates change
+    return frozenset(
+        param.name
+        for param in searchparams.PARAMS.get(resource_type, {}).values()
+        if any(path.split(".", 1)[0] in elements for path in param.paths)
+    )
 
 
 def position(resource_type: str, resource: dict) -> tuple[float, float] | None:

@@ -250,8 +250,10 @@ class Repository:
             "of_id": resource_id,
             "was": current.version_id,
             "version": version,
+            "now": now,
+            "new_content": content,
+            "creator": created_by,
         }
-        values |= {"now": now, "new_content": content, "creator": created_by}
         done = self.conn.execute(
             _UPDATE_CURRENT, values, execution_options={} if waits else appends.WITHOUT_FLUSH
         )

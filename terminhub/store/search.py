@@ -408,14 +408,19 @@ class SearchEngine:
         return loaded
 
 
+def holding(scope: Select | CompoundSelect, resource_id) -> Select:  # noqa: ANN001 - a value, bind or column
+    """The rows of `scope` (a query of ids) with this id: the id is tested inside the scope's query, each arm
+    of a union and each level of a practice's scope found by index, not the scope computed whole and then
+    searched."""
+    ids = scope.subquery()
+    return select(literal(1)).select_from(ids).where(ids.c[0] == resource_id)
+
+
 def _in_scope(scope: Select | CompoundSelect) -> ColumnElement:
-    """The resource row is in `scope`, tested for that row: its id looked up in the scope's outermost query
-    and each level above found by index. As `id IN (scope)`, PostgreSQL planned the scope of a feed page's
-    500 Appointments (four nested levels) as a whole and took 3 to 20 s, where a page of Slots took 0.15."""
-    if not isinstance(scope, Select) or len(scope.selected_columns) != 1:
-        return R.c.id.in_(scope)
-    # OFFSET 0: the EXISTS stays a test per row (not pulled up into a join the planner misjudges)
-    return exists(scope.where(scope.selected_columns[0] == R.c.id).offset(0))
+    """The resource row is in `scope`, tested for that row. As `id IN (scope)`, PostgreSQL planned the scope
+    of a feed page's 500 Appointments (four nested levels) as a whole and took 3 to 20 s, where a page of
+    Slots took 0.15. OFFSET 0 keeps the test per row (not pulled up into a join the planner misjudges)."""
+    return exists(holding(scope, R.c.id).offset(0))
 
 
 def referring(source: str, param: str, target_type: str, targets: Select) -> Select:
