@@ -17,7 +17,7 @@ from starlette.routing import Route
 import terminhub.api.kbv  # noqa: F401  (registers the operations)
 import terminhub.api.scheduling  # noqa: F401  (registers the operations)
 import terminhub.api.sync  # noqa: F401  (registers the operation)
-from terminhub import sweep
+from terminhub import garbage_collection, sweep
 from terminhub.access.tokens import ClientCache, TokenService, load_signing_key
 from terminhub.api.admin import clock_endpoint
 from terminhub.api.auth import smart_configuration, token_endpoint
@@ -97,5 +97,8 @@ def count_failed_lookup(conn, caller, error, now_us: int) -> None:  # noqa: ANN0
 
 
 def app_from_environment() -> Starlette:
-    """Factory for `uvicorn --factory` workers: settings come from TERMINHUB_* variables."""
-    return create_app(Settings())
+    """Factory for `uvicorn --factory` workers: settings come from TERMINHUB_* variables. A worker's
+    garbage collector is tuned for serving once the app is built (terminhub/garbage_collection.py)."""
+    app = create_app(Settings())
+    garbage_collection.tune_for_serving()
+    return app
