@@ -438,16 +438,24 @@ def _matching_slots(
 
 
 def _may_match(repo: _CachingRepo, wanted: SlotFilter, chunk: list[Candidate]) -> list[Candidate]:
-    """The candidates `_passes` may keep, as far as appointment type and place tell."""
+    """The candidates `_passes` may keep, as far as appointment type and place tell.
+
+    Whether a Schedule's place matches is judged once per place asked for while the directory stands
+    (kept with the directory, under its bound): a page of offers holds Slots of some hundred Schedules,
+    and the same Schedules come up search after search. Judged afresh, that was a fifth of a search."""
     if wanted.termintyp is not None:
         chunk = [c for c in chunk if c.video == (wanted.termintyp == "video")]
     if wanted.plz is None and wanted.near is None:
         return chunk
-    schedules = {c.schedule_id for c in chunk if not c.video}
-    repo.prime_schedules({s for s in schedules if s})
-    # judged once per Schedule: a chunk holds many Slots of each
-    there = {s for s in schedules if _place_matches(wanted, _schedule_place(repo, s))}
-    return [c for c in chunk if c.video or c.schedule_id in there]
+    judged = repo.directory.derived
+    near = wanted.near
+    where = ("place-match", wanted.plz) + ((near.lat, near.lon, near.km) if near else ())
+    unjudged = {c.schedule_id for c in chunk if not c.video and (where, c.schedule_id) not in judged}
+    if unjudged:
+        repo.prime_schedules({s for s in unjudged if s})
+        for schedule_id in unjudged:
+            judged[(where, schedule_id)] = _place_matches(wanted, _schedule_place(repo, schedule_id))
+    return [c for c in chunk if c.video or judged[(where, c.schedule_id)]]
 
 
 def _place_matches(wanted: SlotFilter, place: Place) -> bool:
