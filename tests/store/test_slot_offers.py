@@ -15,6 +15,7 @@ from terminhub.clock import FixedClock, to_us
 from terminhub.store import claims, schema, slot_offers
 from terminhub.store.database import Database
 from terminhub.store.free_slots import PAGE, Candidate, free_slot_ids, free_slots
+from terminhub.store.free_slots import _pages as free_slots_pages
 from terminhub.store.repository import Actor, Repository
 from tests.support.unit_db import BACKEND_PARAMS, migrated_database
 
@@ -224,3 +225,26 @@ def test_a_slot_without_a_claim_row_is_free_by_its_stored_status(db: Database) -
     with db.transaction(write=True) as conn:
         conn.execute(delete(schema.slot_claims).where(schema.slot_claims.c.slot_id.in_([free, unavailable])))
     assert w.free(code) == [free]
+
+
+def test_a_page_of_offers_is_read_from_the_index_alone(db: Database) -> None:
+    """The index holds every column a page reads: no visit to the table for each offer (migration 0010)."""
+    world = World(db, "covered")
+    for n in range(3):
+        world.slot(n, 10 * n)
+    values = {"system": FG, "code": "covered", "lo": 0, "hi": NOW * 2, "after_start": 0, "after_id": ""}
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if db.sqlite:
+            explain, expected = "EXPLAIN QUERY PLAN ", "COVERING INDEX ix_slot_offers_coding_start"
+        else:
+            conn.exec_driver_sql("VACUUM slot_offers")  # as autovacuum would: the table's pages all-visible
+            conn.exec_driver_sql("SET enable_seqscan = off")  # a few rows: the index's plan, not a table scan
+            conn.exec_driver_sql("SET enable_bitmapscan = off")
+            explain, expected = "EXPLAIN ", "Index Only Scan using ix_slot_offers_coding_start"
+        for page in free_slots_pages():
+            compiled = page.compile(dialect=conn.dialect)
+            params = compiled.construct_params(values)
+            if compiled.positiontup:  # SQLite's ? placeholders
+                params = tuple(params[name] for name in compiled.positiontup)
+            plan = "\n".join(str(row[-1]) for row in conn.exec_driver_sql(explain + str(compiled), params))
+            assert expected in plan, plan
