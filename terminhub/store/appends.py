@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from operator import itemgetter
 
 import psycopg
 from sqlalchemy import Connection, Engine, Executable, Table, event, insert
@@ -105,6 +106,7 @@ def flush(conn: Connection, *, then_commit: bool = False) -> bool:
 
 
 def _write(conn: Connection, table: Table, group: list[dict]) -> None:
+    group = _complete(table, group)
     if table is schema.resources:
         r = schema.resources
         statement = insert_for(conn, r).on_conflict_do_nothing().returning(r.c.type, r.c.id)
@@ -140,8 +142,7 @@ def _write_postgresql(conn: Connection, groups: list[tuple[Table, list[dict]]], 
             with driver.pipeline():
                 for table, group in inserted:
                     columns = tuple(_columns(table, group))
-                    defaults = _defaults(table)
-                    arrays = [[row.get(name, defaults.get(name)) for row in group] for name in columns]
+                    arrays = [list(values) for values in zip(*_tuples(table, columns, group), strict=True)]
                     driver.cursor().execute(_insert_sql(table, columns), arrays)
                 if commit:
                     driver.cursor().execute("COMMIT")
@@ -198,15 +199,37 @@ def _columns(table: Table, group: list[dict]) -> list[str]:
     return [c.name for c in table.columns if c.name in names]
 
 
+def _tuples(table: Table, columns: tuple[str, ...], group: list[dict]) -> list[tuple]:
+    """Each row's values in the order of `columns`; a column a row leaves out gets its column default, as an
+    INSERT would give it. Where every row names every column (nearly always), one C call per row: a
+    generator per row took 0.58 µs against 0.10, and a Slot's load writes some 14 rows."""
+    if len(columns) > 1:
+        values = itemgetter(*columns)
+        try:
+            return list(map(values, group))
+        except KeyError:
+            pass  # some row leaves a column out
+    defaults = _defaults(table)
+    return [tuple(row.get(name, defaults.get(name)) for name in columns) for row in group]
+
+
+def _complete(table: Table, group: list[dict]) -> list[dict]:
+    """The rows, each naming every column any of them names or that has a default: SQLAlchemy builds one
+    INSERT for a group from its first row, and would drop a column only later rows name."""
+    columns = tuple(_columns(table, group))
+    if all(len(row) == len(columns) for row in group):
+        return group
+    return [dict(zip(columns, values, strict=True)) for values in _tuples(table, columns, group)]
+
+
 def _copy(conn: Connection, table: Table, group: list[dict]) -> None:
     """PostgreSQL's COPY, in the transaction's own connection: a row costs a fraction of an INSERT's
-    execution. Columns the rows leave out get their column default, as an INSERT would give them."""
-    columns = _columns(table, group)
-    defaults = _defaults(table)
+    execution."""
+    columns = tuple(_columns(table, group))
     cursor = conn.connection.driver_connection.cursor()
     with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in group:
-            copy.write_row(tuple(row.get(name, defaults.get(name)) for name in columns))
+        for values in _tuples(table, columns, group):
+            copy.write_row(values)
 
 
 def forget(conn: Connection) -> None:

@@ -68,6 +68,18 @@ def test_few_or_many_rows_of_several_tables_are_all_written(db: Database, rows: 
     assert _count(db, r, r.c.type == kind, r.c.deleted.is_(False)) == rows
 
 
+@pytest.mark.parametrize("rows", [2, 3 * appends.COPY_FROM_ROWS])
+def test_rows_that_name_a_column_and_rows_that_leave_it_out_go_in_together(db: Database, rows: int) -> None:
+    kind = f"Mixed{rows}"
+    with db.transaction(write=True) as conn:
+        for n in range(rows):
+            row = _resource(kind, str(n))
+            appends.add(conn, schema.resources, row | {"deleted": True} if n % 2 else row)
+    r = schema.resources
+    assert _count(db, r, r.c.type == kind, r.c.deleted.is_(True)) == rows // 2
+    assert _count(db, r, r.c.type == kind, r.c.deleted.is_(False)) == rows - rows // 2
+
+
 @pytest.mark.parametrize("rows", [1, 3 * appends.COPY_FROM_ROWS])
 def test_a_resource_created_meanwhile_refuses_the_whole_transaction(db: Database, rows: int) -> None:
     kind = f"Meanwhile{rows}"
