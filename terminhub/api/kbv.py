@@ -441,13 +441,14 @@ def _may_match(repo: _CachingRepo, wanted: SlotFilter, chunk: list[Candidate]) -
     """The candidates `_passes` may keep, as far as appointment type and place tell.
 
     Whether a Schedule's place matches is judged once per place asked for while the directory stands
-    (kept with the directory, under its bound): a page of offers holds Slots of some hundred Schedules,
-    and the same Schedules come up search after search. Judged afresh, that was a fifth of a search."""
+    (kept with the directory, under a bound of its own): a page of offers holds Slots of some hundred
+    Schedules, and the same Schedules come up search after search. Judged afresh, that was a fifth of a
+    search."""
     if wanted.termintyp is not None:
         chunk = [c for c in chunk if c.video == (wanted.termintyp == "video")]
     if wanted.plz is None and wanted.near is None:
         return chunk
-    judged = repo.directory.derived
+    judged = repo.directory.judgements()
     near = wanted.near
     where = ("place-match", wanted.plz) + ((near.lat, near.lon, near.km) if near else ())
     unjudged = {c.schedule_id for c in chunk if not c.video and (where, c.schedule_id) not in judged}

@@ -26,6 +26,9 @@ from terminhub.store.repository import Stored
 # cache started again every time it filled.
 MAX_RESOURCES = 60_000
 MAX_DERIVED = 150_000
+# Answers that depend on what a request asks as well as on the directory (whether a Schedule lies at the
+# place a search asks for): as many kinds as requests bring, so kept apart, and started afresh alone.
+MAX_JUDGED = 100_000
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,21 @@ def parsed(stored: Stored) -> Parsed:
 @dataclass
 class DirectoryCache:
     """Directory resources by (type, id) (None: no such resource), an Organization's managed Locations,
-    and whatever else a search derives from them (`derived`, e.g. a Schedule's place)."""
+    whatever else a search derives from them (`derived`, e.g. a Schedule's place), and what it judges of
+    them by its own question (`judgements`, e.g. whether a Schedule lies at the place asked for)."""
 
     generation: int | None
     stored: dict[tuple[str, str], Stored | None] = field(default_factory=dict)
     managed: dict[str, list[dict]] = field(default_factory=dict)
     derived: dict[Any, Any] = field(default_factory=dict)
+    judged: dict[Any, Any] = field(default_factory=dict)
+
+    def judgements(self) -> dict[Any, Any]:
+        """Where to keep answers that depend on a request's question as well (`MAX_JUDGED`); a full one is
+        replaced by an empty one, and the directory's resources and answers stay."""
+        if len(self.judged) >= MAX_JUDGED:
+            self.judged = {}
+        return self.judged
 
     @property
     def shared(self) -> bool:

@@ -99,3 +99,20 @@ def test_the_cache_starts_again_when_it_holds_its_most_derived_answers(
     assert _cache(db) is full  # resources count against their own limit
     full.derived.update({"a": 1, "b": 2, "c": 3})
     assert _cache(db) is not full
+
+
+def test_judgements_start_again_alone_when_they_hold_their_most(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Judgements depend on what requests ask, so they may grow without the directory growing: when full,
+    they start again, and the directory's resources and derived answers stay."""
+    monkeypatch.setattr(directory_cache, "MAX_JUDGED", 2)
+    cache = _cache(db)
+    cache.stored[("Location", "kept")] = None
+    cache.derived["kept"] = 1
+    cache.judgements().update({("at", "1"): True})
+    assert cache.judgements() == {("at", "1"): True}
+    cache.judgements()[("at", "2")] = False
+    assert cache.judgements() == {}
+    assert _cache(db) is cache
+    assert ("Location", "kept") in cache.stored and cache.derived["kept"] == 1
