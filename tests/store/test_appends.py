@@ -218,3 +218,31 @@ def test_a_rolled_back_savepoint_takes_its_rows_from_those_waiting(db: Database)
             assert appends.resource_waits(conn, "Dropped", "one")
             raise RuntimeError
         assert not appends.resource_waits(conn, "Dropped", "one")
+
+
+def _value(column, tag: str, n: int) -> object:  # noqa: ANN001 - a Column
+    """A value of the column's kind, distinct per row."""
+    kind = column.type.python_type
+    if kind is bool:
+        return n % 2 == 0
+    if kind is int:
+        return n
+    if kind is float:
+        return n + 0.25
+    if kind is bytes:
+        return b'{"n": %d}' % n
+    return f"{tag}{n}"
+
+
+@pytest.mark.parametrize("table", appends.TABLES, ids=lambda t: t.name)
+def test_many_rows_of_every_kind_of_column_go_in_as_written(db: Database, table) -> None:  # noqa: ANN001
+    """Enough rows for PostgreSQL's COPY (binary: each value in its column's own type) on every table."""
+    tag = f"k{table.name[:3]}"
+    rows = [{c.name: _value(c, tag, n) for c in table.columns} for n in range(appends.COPY_FROM_ROWS)]
+    with db.transaction(write=True) as conn:
+        for row in rows:
+            appends.add(conn, table, row)
+    first_text = next(c for c in table.columns if c.type.python_type is str)
+    with db.transaction() as conn:
+        found = conn.execute(select(table).where(first_text.like(f"{tag}%"))).all()
+    assert sorted(tuple(r) for r in found) == sorted(tuple(row.values()) for row in rows)
