@@ -214,11 +214,13 @@ def _tuples(table: Table, columns: tuple[str, ...], group: list[dict]) -> list[t
 
 
 def _complete(table: Table, group: list[dict]) -> list[dict]:
-    """The rows, each naming every column any of them names or that has a default: SQLAlchemy builds one
-    INSERT for a group from its first row, and would drop a column only later rows name."""
-    columns = tuple(_columns(table, group))
-    if all(len(row) == len(columns) for row in group):
+    """The rows, each naming every column any of them names: SQLAlchemy builds one INSERT for a group from
+    its first row, and would drop a column only later rows name (a column no row names gets its default
+    from SQLAlchemy)."""
+    first = group[0].keys()
+    if all(row.keys() == first for row in group):
         return group
+    columns = tuple(_columns(table, group))
     return [dict(zip(columns, values, strict=True)) for values in _tuples(table, columns, group)]
 
 

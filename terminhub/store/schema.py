@@ -156,9 +156,6 @@ slot_claims = Table(
     Index("ix_slot_claims_claim_until", "claim_until"),
 )
 
-# The columns of slot_offers' index, in order: what a search ranges over and orders by, then what it reads.
-OFFER_PAGE_KEY = ("system", "code", "start_us", "slot_id", "schedule_id", "video")
-
 # What each Slot offers (contract 3.1), one row per coding, with the Slot's start: slot searches range-scan
 # (system, code, start) instead of intersecting index rows (terminhub/store/slot_offers.py).
 slot_offers = Table(
@@ -172,9 +169,9 @@ slot_offers = Table(
     Column("inherited", Boolean, nullable=False),
     # A video Slot takes place nowhere: a search by place keeps it without reading its Schedule's place.
     Column("video", Boolean, nullable=False, default=False, server_default=false()),
-    # Holding every column a page of offers reads, the index answers it alone, without a visit to the
-    # table for each row (terminhub/store/free_slots.py; migration 0010).
-    Index("ix_slot_offers_coding_start", *OFFER_PAGE_KEY),
+    # What a search ranges over and orders by, then what it reads: holding every column a page of offers
+    # reads, the index answers it alone, without a visit to the table for each row (migration 0010).
+    Index("ix_slot_offers_coding_start", "system", "code", "start_us", "slot_id", "schedule_id", "video"),
     Index("ix_slot_offers_schedule", "schedule_id"),
 )
 

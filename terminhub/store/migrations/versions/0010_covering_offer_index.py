@@ -12,20 +12,19 @@ Create Date: 2026-12-08
 
 from alembic import op
 
-from terminhub.store.schema import OFFER_PAGE_KEY
-
 revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
 
 NAME = "ix_slot_offers_coding_start"
+COLUMNS = "system, code, start_us, slot_id, schedule_id, video"  # as written here: the schema may move on
 
 
 def upgrade() -> None:
     # 0005 creates slot_offers from the current table definition, which already has this index.
     op.execute(f"DROP INDEX IF EXISTS {NAME}")
-    op.execute(f"CREATE INDEX {NAME} ON slot_offers ({', '.join(OFFER_PAGE_KEY)})")
+    op.execute(f"CREATE INDEX {NAME} ON slot_offers ({COLUMNS})")
 
 
 def downgrade() -> None:
